@@ -1,0 +1,72 @@
+# Tide: one entry point for the demo, the tests, the benchmarks.
+#   make demo        a whole pool on this machine, jobs run, output shown
+#   make demo-down   remove every lab container, volume and file the demo made
+#   make test        lint + unit + integration tests against a real lab pool
+#   make bench       measure, write benchmarks/results/*.json
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3.11
+VENV := .venv
+STATE := $(or $(TIDE_STATE_DIR),$(CURDIR)/.lab)
+export TIDE_STATE_DIR := $(STATE)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+COLLECTION_LINK := $(STATE)/collections/ansible_collections/tide/pool
+
+.PHONY: help venv engine images collection lab demo demo-down lint unit integration test bench clean
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+# The venv, pinned: pyproject.toml pins what we use, requirements.lock the rest.
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@echo "[venv] creating $(VENV) with pinned dependencies"
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	@touch $@
+venv: $(VENV)/.installed
+
+engine:
+	@images/engine.sh
+
+images: engine
+	@images/build.sh
+
+# This checkout, seen by ansible as the installed collection tide.pool.
+collection:
+	@mkdir -p $(dir $(COLLECTION_LINK))
+	@ln -sfn $(CURDIR) $(COLLECTION_LINK)
+
+lab: venv images collection
+	@inventories/lab/bin/lab-hosts up
+
+demo: lab
+	ansible-playbook playbooks/central_manager.yml
+	ansible-playbook playbooks/worker.yml
+	@inventories/lab/bin/demo-jobs
+
+demo-down: venv
+	@inventories/lab/bin/lab-hosts down
+	@rm -rf $(STATE)
+	@echo "[lab] removed lab hosts, their volumes and $(STATE) (images stay in Docker: make clean removes them)"
+
+lint: venv collection
+	ruff check controller tests benchmarks
+	ruff format --check controller tests benchmarks
+	mypy
+	ansible-lint --profile production
+
+unit: venv
+	pytest -q tests/unit
+
+integration: lab
+	pytest -q tests/integration
+
+test: lint unit integration
+
+bench: lab
+	python benchmarks/pool.py
+
+clean: demo-down
+	@docker images --format '{{.Repository}}:{{.Tag}}' | grep '^tide/' | xargs -r docker rmi -f >/dev/null
+	@rm -rf $(VENV)

@@ -1,0 +1,76 @@
+"""The roles converge once and then change nothing; bad input stops the
+play before anything changes, naming the variable; the image refuses a
+bad environment, naming the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import lab
+
+
+def _fingerprint() -> dict[str, object]:
+    return {
+        "key": lab.on_host(
+            lab.CM_HOST, "sha256sum", "/opt/tide/central_manager/secrets/pool_signing_key"
+        ).stdout,
+        "cm": lab.container_state(lab.CM_HOST, lab.CM_CONTAINER),
+        "worker": lab.container_state(lab.WORKER_HOST, lab.WORKER_CONTAINER),
+        "compose": lab.on_host(
+            lab.WORKER_HOST, "sha256sum", "/opt/tide/condor_worker/compose.yaml"
+        ).stdout,
+    }
+
+
+def test_second_run_changes_nothing_and_keeps_the_signing_key() -> None:
+    before = _fingerprint()
+    for name, host in [("central_manager", lab.CM_HOST), ("worker", lab.WORKER_HOST)]:
+        result = lab.playbook(name)
+        assert result.returncode == 0, result.output[-4000:]
+        assert result.changed == {host: 0}, result.output[-4000:]
+    assert _fingerprint() == before
+
+
+@pytest.mark.parametrize(
+    ("playbook", "extra", "named"),
+    [
+        ("worker", "condor_worker_cpus=-1", "condor_worker_cpus must be a positive integer"),
+        ("worker", "condor_worker_cpus=lots", "condor_worker_cpus"),
+        ("worker", "condor_worker_collector=", "condor_worker_collector must be"),
+        ("worker", "condor_worker_token_file=/nonexistent/worker.token", "condor_worker_token_file"),
+        ("worker", "condor_worker_memory_mb=0", "condor_worker_memory_mb must be a positive integer"),
+        ("central_manager", "central_manager_address=", "central_manager_address must be"),
+        ("central_manager", "central_manager_port=70000", "central_manager_port must be"),
+    ],
+)
+def test_bad_input_stops_before_any_change(playbook: str, extra: str, named: str) -> None:
+    before = _fingerprint()
+    result = lab.playbook(playbook, "-e", extra)
+    assert result.returncode != 0
+    assert named in result.output, result.output[-3000:]
+    assert "changed=0" in result.output
+    assert _fingerprint() == before
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({}, "TIDE_CONDOR_ROLES is required"),
+        ({"TIDE_CONDOR_ROLES": "execute"}, "TIDE_POOL_DOMAIN is required"),
+        ({"TIDE_CONDOR_ROLES": "wizard", "TIDE_POOL_DOMAIN": "x.y"}, "unknown role 'wizard'"),
+        ({"TIDE_CONDOR_ROLES": "execute", "TIDE_POOL_DOMAIN": "x.y"}, "TIDE_COLLECTOR is required"),
+        (
+            {"TIDE_CONDOR_ROLES": "execute", "TIDE_POOL_DOMAIN": "x.y", "TIDE_COLLECTOR": "127.0.0.1:1"},
+            "secret /run/secrets/token is required",
+        ),
+        ({"TIDE_CONDOR_ROLES": "central-manager", "TIDE_POOL_DOMAIN": "x.y"}, "pool_signing_key"),
+        ({"TIDE_CONDOR_ROLES": "submit", "TIDE_POOL_DOMAIN": "x.y", "TIDE_COLLECTOR": "a:1", "TIDE_PORT": "-5"}, "TIDE_PORT='-5' must be a positive integer"),
+    ],
+)
+def test_image_refuses_bad_environment(env: dict[str, str], named: str) -> None:
+    args = [f"-e{key}={value}" for key, value in env.items()]
+    proc = lab.run(
+        ["docker", "run", "--rm", "--network", "none", *args, "tide/condor:0.1.0"], check=False
+    )
+    assert proc.returncode == 64, proc.stdout + proc.stderr
+    assert named in proc.stderr

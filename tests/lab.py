@@ -1,0 +1,120 @@
+"""Drive the lab: its hosts (containers with their own Docker engine), the
+playbooks that converge them, and commands inside their containers.
+
+Everything here talks to the real Docker engine and the real HTCondor pool
+on this machine; nothing is simulated.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("TIDE_STATE_DIR", TOP / ".lab"))
+VENV_BIN = TOP / ".venv" / "bin"
+LAB_HOSTS = TOP / "inventories" / "lab" / "bin" / "lab-hosts"
+
+CM_HOST = "tide-lab-cm"
+CM_CONTAINER = "tide-central-manager-condor-1"
+WORKER_HOST = "tide-lab-worker-1"
+WORKER_CONTAINER = "tide-condor-worker-condor-1"
+POOL_DOMAIN = "lab.tide"
+COLLECTOR_PORT = 29618
+COLLECTOR = f"127.0.0.1:{COLLECTOR_PORT}"
+
+_RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)", re.M)
+# An exec into a nested container now and then fails before it starts; the
+# command never ran, so running it again is safe.
+_EXEC_RACE = "OCI runtime exec failed"
+
+
+def run(
+    argv: Sequence[str], *, check: bool = True, timeout: float = 600, input_text: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"
+    env.setdefault("ANSIBLE_CONFIG", str(TOP / "ansible.cfg"))
+    env["TIDE_STATE_DIR"] = str(STATE)
+    for _attempt in range(3):
+        proc = subprocess.run(
+            list(argv),
+            cwd=TOP,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input_text,
+            check=False,
+        )
+        if proc.returncode == 0 or _EXEC_RACE not in proc.stderr:
+            break
+        time.sleep(1)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(argv)} exited {proc.returncode}\n"
+            f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def on_host(host: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command on a lab host (inside its container)."""
+    return run(["docker", "exec", host, *argv], check=check)
+
+
+def in_container(
+    host: str, container: str, *argv: str, user: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run a command in a container of a lab host's own Docker engine."""
+    opts = ["-u", user, "-w", f"/home/{user}"] if user else []
+    return on_host(host, "docker", "exec", *opts, container, *argv, check=check)
+
+
+@dataclass(frozen=True)
+class PlaybookRun:
+    returncode: int
+    output: str
+    changed: dict[str, int]
+
+
+def playbook(name: str, *extra: str) -> PlaybookRun:
+    proc = run(["ansible-playbook", f"playbooks/{name}.yml", *extra], check=False, timeout=900)
+    output = proc.stdout + proc.stderr
+    changed = {m["host"]: int(m["changed"]) for m in _RECAP.finditer(proc.stdout)}
+    return PlaybookRun(proc.returncode, output, changed)
+
+
+def converge() -> None:
+    for name in ("central_manager", "worker"):
+        result = playbook(name)
+        assert result.returncode == 0, result.output[-6000:]
+
+
+def lab_up() -> None:
+    run([str(LAB_HOSTS), "up"])
+
+
+def lab_down() -> None:
+    run([str(LAB_HOSTS), "down"])
+
+
+def container_state(host: str, container: str) -> dict[str, str]:
+    fmt = "{{.Id}} {{.State.StartedAt}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
+    out = on_host(host, "docker", "inspect", "-f", fmt, container).stdout.split()
+    return {"id": out[0], "started": out[1], "health": out[2] if len(out) > 2 else ""}
+
+
+def wait_for(what: str, predicate: object, timeout: float, interval: float = 2.0) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
