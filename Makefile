@@ -21,6 +21,9 @@ help:
 # The venv, pinned: pyproject.toml pins what we use, requirements.lock the rest.
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@echo "[venv] creating $(VENV) with pinned dependencies"
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "[venv] installing python3-venv"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; }
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
 	@touch $@
@@ -65,7 +68,7 @@ integration: lab
 test: lint unit integration
 
 bench: lab
-	python benchmarks/pool.py
+	python -m benchmarks.pool
 
 clean: demo-down
 	@docker images --format '{{.Repository}}:{{.Tag}}' | grep '^tide/' | xargs -r docker rmi -f >/dev/null

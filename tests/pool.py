@@ -33,7 +33,7 @@ def client(token_file: Path | None = None) -> Any:
         "SEC_DEFAULT_INTEGRITY = REQUIRED\n"
     )
     os.environ["CONDOR_CONFIG"] = str(config)
-    import htcondor2
+    import htcondor2  # noqa: PLC0415  (reads CONDOR_CONFIG when first imported)
 
     htcondor2.reload_config()
     return htcondor2

@@ -83,7 +83,10 @@ def test_secrets_are_files_of_mode_0600_never_environment() -> None:
     fetched = lab.STATE / "secrets" / "worker.token"
     assert fetched.stat().st_mode & 0o777 == 0o600
     token = fetched.read_text().strip()
-    for host, container in [(lab.CM_HOST, lab.CM_CONTAINER), (lab.WORKER_HOST, lab.WORKER_CONTAINER)]:
+    for host, container in [
+        (lab.CM_HOST, lab.CM_CONTAINER),
+        (lab.WORKER_HOST, lab.WORKER_CONTAINER),
+    ]:
         env = json.loads(
             lab.on_host(host, "docker", "inspect", "-f", "{{json .Config.Env}}", container).stdout
         )

@@ -37,8 +37,16 @@ def test_second_run_changes_nothing_and_keeps_the_signing_key() -> None:
         ("worker", "condor_worker_cpus=-1", "condor_worker_cpus must be a positive integer"),
         ("worker", "condor_worker_cpus=lots", "condor_worker_cpus"),
         ("worker", "condor_worker_collector=", "condor_worker_collector must be"),
-        ("worker", "condor_worker_token_file=/nonexistent/worker.token", "condor_worker_token_file"),
-        ("worker", "condor_worker_memory_mb=0", "condor_worker_memory_mb must be a positive integer"),
+        (
+            "worker",
+            "condor_worker_token_file=/nonexistent/worker.token",
+            "condor_worker_token_file",
+        ),
+        (
+            "worker",
+            "condor_worker_memory_mb=0",
+            "condor_worker_memory_mb must be a positive integer",
+        ),
         ("central_manager", "central_manager_address=", "central_manager_address must be"),
         ("central_manager", "central_manager_port=70000", "central_manager_port must be"),
     ],
@@ -60,11 +68,23 @@ def test_bad_input_stops_before_any_change(playbook: str, extra: str, named: str
         ({"TIDE_CONDOR_ROLES": "wizard", "TIDE_POOL_DOMAIN": "x.y"}, "unknown role 'wizard'"),
         ({"TIDE_CONDOR_ROLES": "execute", "TIDE_POOL_DOMAIN": "x.y"}, "TIDE_COLLECTOR is required"),
         (
-            {"TIDE_CONDOR_ROLES": "execute", "TIDE_POOL_DOMAIN": "x.y", "TIDE_COLLECTOR": "127.0.0.1:1"},
+            {
+                "TIDE_CONDOR_ROLES": "execute",
+                "TIDE_POOL_DOMAIN": "x.y",
+                "TIDE_COLLECTOR": "127.0.0.1:1",
+            },
             "secret /run/secrets/token is required",
         ),
         ({"TIDE_CONDOR_ROLES": "central-manager", "TIDE_POOL_DOMAIN": "x.y"}, "pool_signing_key"),
-        ({"TIDE_CONDOR_ROLES": "submit", "TIDE_POOL_DOMAIN": "x.y", "TIDE_COLLECTOR": "a:1", "TIDE_PORT": "-5"}, "TIDE_PORT='-5' must be a positive integer"),
+        (
+            {
+                "TIDE_CONDOR_ROLES": "submit",
+                "TIDE_POOL_DOMAIN": "x.y",
+                "TIDE_COLLECTOR": "a:1",
+                "TIDE_PORT": "-5",
+            },
+            "TIDE_PORT='-5' must be a positive integer",
+        ),
     ],
 )
 def test_image_refuses_bad_environment(env: dict[str, str], named: str) -> None:

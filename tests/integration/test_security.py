@@ -48,7 +48,12 @@ def test_worker_token_cannot_advertise_a_schedd() -> None:
     collector = htcondor2.Collector()
     tag = uuid.uuid4().hex[:8]
     rogue = classad2.ClassAd(
-        {"MyType": "Scheduler", "Name": f"rogue-{tag}", "Machine": "rogue", "MyAddress": "<127.0.0.1:1>"}
+        {
+            "MyType": "Scheduler",
+            "Name": f"rogue-{tag}",
+            "Machine": "rogue",
+            "MyAddress": "<127.0.0.1:1>",
+        }
     )
     # Control: the same token and path do advertise what the token allows.
     probe = classad2.ClassAd(
@@ -66,8 +71,12 @@ def test_worker_token_cannot_advertise_a_schedd() -> None:
     collector.advertise([probe], "UPDATE_STARTD_AD")
     try:
         time.sleep(2)
-        schedds = [ad["Name"] for ad in collector.query(htcondor2.AdTypes.Schedd, projection=["Name"])]
-        startds = [ad["Name"] for ad in collector.query(htcondor2.AdTypes.Startd, projection=["Name"])]
+        schedds = [
+            ad["Name"] for ad in collector.query(htcondor2.AdTypes.Schedd, projection=["Name"])
+        ]
+        startds = [
+            ad["Name"] for ad in collector.query(htcondor2.AdTypes.Startd, projection=["Name"])
+        ]
         assert f"probe-{tag}" in startds
         assert f"rogue-{tag}" not in schedds
     finally:
@@ -82,7 +91,15 @@ def test_worker_with_wrong_token_never_joins_and_logs_why() -> None:
     forged = ".".join([head, payload, ("A" if signature[0] != "A" else "B") + signature[1:]])
     lab.on_host(lab.WORKER_HOST, "docker", "rm", "-f", BAD_WORKER, check=False)
     lab.run(
-        ["docker", "exec", "-i", lab.WORKER_HOST, "sh", "-c", "umask 077; cat > /root/forged.token"],
+        [
+            "docker",
+            "exec",
+            "-i",
+            lab.WORKER_HOST,
+            "sh",
+            "-c",
+            "umask 077; cat > /root/forged.token",
+        ],
         input_text=forged + "\n",
     )
     lab.on_host(
@@ -94,6 +111,7 @@ def test_worker_with_wrong_token_never_joins_and_logs_why() -> None:
         "tide/condor:0.1.0",
     )  # fmt: skip
     try:
+
         def refused_in_log() -> bool:
             logs = lab.on_host(lab.WORKER_HOST, "docker", "logs", BAD_WORKER)
             text = logs.stdout + logs.stderr

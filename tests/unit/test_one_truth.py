@@ -48,7 +48,10 @@ def test_image_tags_follow_the_collection_version() -> None:
     version = _yaml(TOP / "galaxy.yml")["version"]
     project = tomllib.loads((TOP / "pyproject.toml").read_text())["project"]["version"]
     assert project == version
-    for role, var in [("central_manager", "central_manager_image"), ("condor_worker", "condor_worker_image")]:
+    for role, var in [
+        ("central_manager", "central_manager_image"),
+        ("condor_worker", "condor_worker_image"),
+    ]:
         image = _yaml(TOP / "roles" / role / "defaults" / "main.yml")[var]
         assert image == f"tide/condor:{version}"
 

@@ -1,0 +1,122 @@
+"""Baseline figures of the lab pool, written to benchmarks/results/pool.json.
+
+worker_register_s  `docker compose up` of the worker -> its slot in the collector
+job_turnaround_s   job submit -> job complete, on an idle slot
+
+Each metric holds its raw `runs` and their `median`. Run with `make bench`
+(which starts the lab); the pool is converged first. Timing is measured
+here, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests import lab
+from tests.pool import client
+
+RESULTS = Path(__file__).resolve().parent / "results" / "pool.json"
+WORKER_DIR = "/opt/tide/condor_worker"
+POLL_S = 0.1
+
+
+def _slot_advertised(htcondor2: Any) -> bool:
+    ads = htcondor2.Collector().query(
+        htcondor2.AdTypes.Startd,
+        constraint=f'TideResourceId == "{lab.WORKER_HOST}"',
+        projection=["Name"],
+    )
+    return len(ads) > 0
+
+
+def _poll(what: str, predicate: Any, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic()
+        time.sleep(POLL_S)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def measure_worker_register(htcondor2: Any) -> float:
+    compose = ["docker", "compose", "--project-directory", WORKER_DIR]
+    lab.on_host(lab.WORKER_HOST, *compose, "down")
+    _poll("the slot to leave the collector", lambda: not _slot_advertised(htcondor2), 120)
+    start = time.monotonic()
+    lab.on_host(lab.WORKER_HOST, *compose, "up", "-d")
+    end = _poll("the slot to register", lambda: _slot_advertised(htcondor2), 300)
+    return end - start
+
+
+def measure_job_turnaround(htcondor2: Any, schedd: Any) -> float:
+    _poll("an idle slot", lambda: _slot_advertised(htcondor2), 300)
+    submit = (
+        "mkdir -p bench && cd bench && "
+        "printf 'executable = /bin/true\\nrequest_cpus = 1\\nrequest_memory = 32MB\\n"
+        "log = bench.log\\nqueue\\n' > b.sub && condor_submit -terse b.sub | cut -d. -f1"
+    )
+    start = time.monotonic()
+    cluster = lab.in_container(
+        lab.CM_HOST, lab.CM_CONTAINER, "bash", "-c", submit, user="physicist"
+    ).stdout.strip()
+
+    def gone() -> bool:
+        return len(schedd.query(constraint=f"ClusterId == {cluster}", projection=["ProcId"])) == 0
+
+    end = _poll(f"job {cluster} to complete", gone, 300)
+    exit_code = lab.in_container(
+        lab.CM_HOST, lab.CM_CONTAINER, "condor_history", cluster, "-af", "ExitCode"
+    ).stdout.strip()
+    if exit_code != "0":
+        raise RuntimeError(f"benchmark job {cluster} exited {exit_code!r}")
+    return end - start
+
+
+def summary(runs: list[float]) -> dict[str, Any]:
+    return {"runs": [round(r, 3) for r in runs], "median": round(statistics.median(runs), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    print("[bench] converging the lab pool", flush=True)
+    lab.converge()
+    htcondor2 = client()
+    schedd = htcondor2.Schedd(
+        htcondor2.Collector().locate(htcondor2.DaemonTypes.Schedd, lab.CM_HOST)
+    )
+
+    register: list[float] = []
+    for i in range(args.runs):
+        register.append(measure_worker_register(htcondor2))
+        print(f"[bench] worker_register_s run {i + 1}: {register[-1]:.2f}", flush=True)
+    turnaround: list[float] = []
+    for i in range(args.runs):
+        turnaround.append(measure_job_turnaround(htcondor2, schedd))
+        print(f"[bench] job_turnaround_s run {i + 1}: {turnaround[-1]:.2f}", flush=True)
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=lab.TOP, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    result = {
+        "commit": commit,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "worker_register_s": summary(register),
+        "job_turnaround_s": summary(turnaround),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"[bench] wrote {args.output}: {json.dumps(result)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
