@@ -41,15 +41,15 @@ collection:
 	@ln -sfn $(CURDIR) $(COLLECTION_LINK)
 
 lab: venv images collection
-	@inventories/lab/bin/lab-hosts up
+	@tests/bin/lab-hosts up
 
 demo: lab
 	ansible-playbook playbooks/central_manager.yml
 	ansible-playbook playbooks/worker.yml
-	@inventories/lab/bin/demo-jobs
+	@tests/bin/demo-jobs
 
 demo-down: venv
-	@inventories/lab/bin/lab-hosts down
+	@tests/bin/lab-hosts down
 	@rm -rf $(STATE)
 	@echo "[lab] removed lab hosts, their volumes and $(STATE) (images stay in Docker: make clean removes them)"
 

@@ -50,9 +50,11 @@ ensure_base() {
 build_one() {
     local name=$1 dir="$here/$1" tag="tide/$1:$version"
     [ -f "$dir/Dockerfile" ] || { log "ERROR: no image named '$name' (expected $dir/Dockerfile)"; exit 2; }
-    log "building $tag"
-    docker build -q --network host --build-arg "BASE=$base" -t "$tag" "$dir" >/dev/null ||
-        { log "ERROR: docker build of $tag failed; rerun without -q: docker build --network host $dir"; exit 1; }
+    log "building $tag (log: $state/build-$name.log)"
+    docker build --network host --build-arg "BASE=$base" -t "$tag" "$dir" >"$state/build-$name.log" 2>&1 ||
+        { tail -20 "$state/build-$name.log" >&2; log "ERROR: docker build of $tag failed; see $state/build-$name.log"; exit 1; }
+    # lab-host runs only on this machine's engine: no archive needed.
+    [ "$name" = lab-host ] && return
     local id
     id=$(docker image inspect -f '{{.Id}}' "$tag")
     if [ "$(cat "$archives/$name.id" 2>/dev/null)" != "$id" ]; then

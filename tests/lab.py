@@ -18,7 +18,7 @@ from pathlib import Path
 TOP = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("TIDE_STATE_DIR", TOP / ".lab"))
 VENV_BIN = TOP / ".venv" / "bin"
-LAB_HOSTS = TOP / "inventories" / "lab" / "bin" / "lab-hosts"
+LAB_HOSTS = TOP / "tests" / "bin" / "lab-hosts"
 
 CM_HOST = "tide-lab-cm"
 CM_CONTAINER = "tide-central-manager-condor-1"
