@@ -51,8 +51,13 @@ build_one() {
     local name=$1 dir="$here/$1" tag="tide/$1:$version"
     [ -f "$dir/Dockerfile" ] || { log "ERROR: no image named '$name' (expected $dir/Dockerfile)"; exit 2; }
     log "building $tag (log: $state/build-$name.log)"
-    docker build --network host --build-arg "BASE=$base" -t "$tag" "$dir" >"$state/build-$name.log" 2>&1 ||
-        { tail -20 "$state/build-$name.log" >&2; log "ERROR: docker build of $tag failed; see $state/build-$name.log"; exit 1; }
+    # Progress: one line per Dockerfile step; the whole output goes to the log.
+    if ! docker build --network host --build-arg "BASE=$base" -t "$tag" "$dir" 2>&1 |
+        tee "$state/build-$name.log" | { grep --line-buffered '^Step ' || true; } | sed -u 's/^/[images]   /' >&2; then
+        tail -20 "$state/build-$name.log" >&2
+        log "ERROR: docker build of $tag failed; see $state/build-$name.log"
+        exit 1
+    fi
     # lab-host runs only on this machine's engine: no archive needed.
     [ "$name" = lab-host ] && return
     local id
