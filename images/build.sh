@@ -77,4 +77,6 @@ fi
 for name in "$@"; do
     build_one "$name"
 done
+# A rebuild leaves the previous image untagged: drop ours, nothing else.
+docker image prune -f --filter label=org.tide.image >/dev/null
 log "images ready: $*"
