@@ -91,3 +91,22 @@ def test_secrets_are_files_of_mode_0600_never_environment() -> None:
             lab.on_host(host, "docker", "inspect", "-f", "{{json .Config.Env}}", container).stdout
         )
         assert not any(token in item or "eyJ" in item for item in env), env
+
+
+def test_lab_leaves_the_machines_own_docker_bridge_alone() -> None:
+    # An inner engine started with its bridge disabled deletes docker0 in the
+    # network namespace it shares with this machine; the lab hosts must not.
+    proc = lab.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "bridge",
+            "--entrypoint",
+            "true",
+            "tide/condor:0.1.0",
+        ],
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr

@@ -94,3 +94,48 @@ def test_image_refuses_bad_environment(env: dict[str, str], named: str) -> None:
     )
     assert proc.returncode == 64, proc.stdout + proc.stderr
     assert named in proc.stderr
+
+
+def test_site_condor_config_reconfigures_the_worker_without_a_restart() -> None:
+    def knob() -> str:
+        return lab.in_container(
+            lab.WORKER_HOST,
+            lab.WORKER_CONTAINER,
+            "condor_config_val",
+            "TIDE_TEST_KNOB",
+            check=False,
+        ).stdout.strip()
+
+    assert knob() != "42"
+    started = lab.container_state(lab.WORKER_HOST, lab.WORKER_CONTAINER)["started"]
+    setting = (
+        '{"condor_worker_condor_config": {"TIDE_TEST_KNOB": 42, "STARTD.TIDE_TEST_FLAG": true}}'
+    )
+    try:
+        result = lab.playbook("worker", "-e", setting)
+        assert result.returncode == 0, result.output[-4000:]
+        assert "RUNNING HANDLER [tide.pool.condor_worker : Reconfigure the worker]" in result.output
+        assert knob() == "42"
+        flag = lab.in_container(
+            lab.WORKER_HOST, lab.WORKER_CONTAINER, "condor_config_val", "STARTD.TIDE_TEST_FLAG"
+        )
+        assert flag.stdout.strip() == "true"
+        # The running startd read it too: condor_reconfig, not a restart.
+        assert lab.container_state(lab.WORKER_HOST, lab.WORKER_CONTAINER)["started"] == started
+
+        def startd_has_it() -> bool:
+            live = lab.in_container(
+                lab.WORKER_HOST,
+                lab.WORKER_CONTAINER,
+                "condor_config_val",
+                "-startd",
+                "TIDE_TEST_KNOB",
+                check=False,
+            )
+            return live.stdout.strip() == "42"
+
+        lab.wait_for("the running startd to read the new setting", startd_has_it, timeout=30)
+    finally:
+        result = lab.playbook("worker")
+        assert result.returncode == 0, result.output[-4000:]
+    assert knob() != "42"
