@@ -45,7 +45,7 @@ lab: venv images collection
 
 demo: lab
 	ansible-playbook playbooks/central_manager.yml
-	ansible-playbook playbooks/worker.yml
+	ansible-playbook playbooks/provider.yml
 	@tests/bin/demo-jobs
 
 demo-down: venv

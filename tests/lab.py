@@ -24,6 +24,10 @@ CM_HOST = "tide-lab-cm"
 CM_CONTAINER = "tide-central-manager-condor-1"
 WORKER_HOST = "tide-lab-worker-1"
 WORKER_CONTAINER = "tide-condor-worker-condor-1"
+SQUID_HOST = "tide-lab-squid"
+SQUID_CONTAINER = "tide-squid-squid-1"
+SQUID_PORT = 29628
+HTTP_ORIGIN_PORT = 29680  # the tests' origin behind squid (group_vars/all.yml)
 POOL_DOMAIN = "lab.tide"
 COLLECTOR_PORT = 29618
 COLLECTOR = f"127.0.0.1:{COLLECTOR_PORT}"
@@ -91,7 +95,7 @@ def playbook(name: str, *extra: str) -> PlaybookRun:
 
 
 def converge() -> None:
-    for name in ("central_manager", "worker"):
+    for name in ("central_manager", "provider"):
         result = playbook(name)
         assert result.returncode == 0, result.output[-6000:]
 

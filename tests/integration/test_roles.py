@@ -19,15 +19,22 @@ def _fingerprint() -> dict[str, object]:
         "compose": lab.on_host(
             lab.WORKER_HOST, "sha256sum", "/opt/tide/condor_worker/compose.yaml"
         ).stdout,
+        "squid": lab.container_state(lab.SQUID_HOST, lab.SQUID_CONTAINER),
+        "squid_compose": lab.on_host(
+            lab.SQUID_HOST, "sha256sum", "/opt/tide/squid/compose.yaml"
+        ).stdout,
     }
 
 
 def test_second_run_changes_nothing_and_keeps_the_signing_key() -> None:
     before = _fingerprint()
-    for name, host in [("central_manager", lab.CM_HOST), ("worker", lab.WORKER_HOST)]:
+    for name, hosts in [
+        ("central_manager", [lab.CM_HOST]),
+        ("provider", [lab.SQUID_HOST, lab.WORKER_HOST]),
+    ]:
         result = lab.playbook(name)
         assert result.returncode == 0, result.output[-4000:]
-        assert result.changed == {host: 0}, result.output[-4000:]
+        assert result.changed == dict.fromkeys(hosts, 0), result.output[-4000:]
     assert _fingerprint() == before
 
 
@@ -49,6 +56,13 @@ def test_second_run_changes_nothing_and_keeps_the_signing_key() -> None:
         ),
         ("central_manager", "central_manager_address=", "central_manager_address must be"),
         ("central_manager", "central_manager_port=70000", "central_manager_port must be"),
+        (
+            "squid",
+            '{"squid_allowed_clients": ["0.0.0.0/0"]}',
+            "would make an open proxy",
+        ),
+        ("squid", '{"squid_allowed_clients": []}', "squid_allowed_clients must name"),
+        ("squid", '{"squid_allowed_clients": ["everyone"]}', "'everyone' must be an address"),
     ],
 )
 def test_bad_input_stops_before_any_change(playbook: str, extra: str, named: str) -> None:

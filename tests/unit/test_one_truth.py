@@ -29,7 +29,7 @@ def test_role_defaults_match_argument_spec(role: str) -> None:
         assert name.startswith(f"{role}_"), f"{name} lacks the role prefix {role}_"
         assert spec.get("description"), f"{name} has no description"
         if spec.get("required"):
-            assert defaults[name] in ("", None), f"{name} is required but has a default"
+            assert defaults[name] in ("", None, []), f"{name} is required but has a default"
         else:
             assert spec.get("default") == defaults[name], f"{name}: spec and defaults differ"
 
@@ -62,5 +62,10 @@ def test_lab_ports_are_unique_and_cover_every_worker() -> None:
     hosts = _yaml(TOP / "inventories" / "lab" / "hosts.yml")
     workers = set(hosts["all"]["children"]["workers"]["hosts"])
     assert set(ports["workers"]) == workers
-    every = [ports["collector"], *ports["workers"].values(), *ports.get("tests", {}).values()]
+    every = [
+        ports["collector"],
+        ports["squid"],
+        *ports["workers"].values(),
+        *ports["tests"].values(),
+    ]
     assert len(every) == len(set(every)), every
