@@ -153,3 +153,36 @@ def test_site_condor_config_reconfigures_the_worker_without_a_restart() -> None:
         result = lab.playbook("worker")
         assert result.returncode == 0, result.output[-4000:]
     assert knob() != "42"
+
+
+def test_docker_engine_runs_with_compose_v2_and_applies_daemon_options() -> None:
+    for host in (lab.CM_HOST, lab.WORKER_HOST, lab.SQUID_HOST):
+        assert lab.on_host(host, "systemctl", "is-active", "docker").stdout.strip() == "active"
+        assert lab.on_host(host, "docker", "compose", "version", "--short").stdout.startswith("2.")
+        assert lab.on_host(host, "docker", "info", "-f", "{{.LoggingDriver}}").stdout.strip() == (
+            "json-file"
+        )
+    labelled = (
+        '{"docker_engine_daemon_options": {"iptables": false, "ip6tables": false,'
+        ' "ip-forward": false, "ip-masq": false, "storage-driver": "overlay2",'
+        ' "log-driver": "json-file", "labels": ["tide-test=1"]}}'
+    )
+    try:
+        result = lab.playbook("squid", "-e", labelled)
+        assert result.returncode == 0, result.output[-4000:]
+        assert "RUNNING HANDLER [tide.pool.docker_engine : Restart Docker]" in result.output
+        labels = lab.on_host(lab.SQUID_HOST, "docker", "info", "-f", "{{.Labels}}").stdout
+        assert "tide-test=1" in labels
+        # The restarted engine brought squid back, healthy.
+        lab.wait_for(
+            "squid to be healthy after the engine restart",
+            lambda: lab.container_state(lab.SQUID_HOST, lab.SQUID_CONTAINER)["health"] == "healthy",
+            timeout=120,
+        )
+    finally:
+        result = lab.playbook("squid")
+        assert result.returncode == 0, result.output[-4000:]
+    assert (
+        "tide-test=1"
+        not in lab.on_host(lab.SQUID_HOST, "docker", "info", "-f", "{{.Labels}}").stdout
+    )
