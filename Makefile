@@ -54,8 +54,8 @@ demo-down: venv
 	@echo "[lab] removed lab hosts, their volumes and $(STATE) (images stay in Docker: make clean removes them)"
 
 lint: venv collection
-	ruff check controller tests benchmarks
-	ruff format --check controller tests benchmarks
+	ruff check controller tests benchmarks images/autoheal
+	ruff format --check controller tests benchmarks images/autoheal
 	mypy
 	ansible-lint --profile production
 
@@ -63,7 +63,7 @@ unit: venv
 	pytest -q tests/unit
 
 integration: lab
-	pytest -q tests/integration
+	pytest -q tests/integration tests/autoheal
 
 test: lint unit integration
 
