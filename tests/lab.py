@@ -24,6 +24,7 @@ CM_HOST = "tide-lab-cm"
 CM_CONTAINER = "tide-central-manager-condor-1"
 WORKER_HOST = "tide-lab-worker-1"
 WORKER_CONTAINER = "tide-condor-worker-condor-1"
+AUTOHEAL_CONTAINER = "tide-autoheal-autoheal-1"
 SQUID_HOST = "tide-lab-squid"
 SQUID_CONTAINER = "tide-squid-squid-1"
 SQUID_PORT = 29628
