@@ -69,6 +69,7 @@ test: lint unit integration
 
 bench: lab
 	python -m benchmarks.pool
+	python -m benchmarks.recipe
 
 clean: demo-down
 	@docker images --format '{{.Repository}}:{{.Tag}}' | grep '^tide/' | xargs -r docker rmi -f >/dev/null
