@@ -10,16 +10,14 @@ here, never asserted in tests.
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from tests import lab
 from tests.pool import client
+
+from benchmarks import report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pool.json"
 WORKER_DIR = "/opt/tide/condor_worker"
@@ -78,15 +76,8 @@ def measure_job_turnaround(htcondor2: Any, schedd: Any) -> float:
     return end - start
 
 
-def summary(runs: list[float]) -> dict[str, Any]:
-    return {"runs": [round(r, 3) for r in runs], "median": round(statistics.median(runs), 3)}
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = report.arguments(__doc__.splitlines()[0], RESULTS)
 
     print("[bench] converging the lab pool", flush=True)
     lab.converge()
@@ -104,18 +95,7 @@ def main() -> None:
         turnaround.append(measure_job_turnaround(htcondor2, schedd))
         print(f"[bench] job_turnaround_s run {i + 1}: {turnaround[-1]:.2f}", flush=True)
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=lab.TOP, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    result = {
-        "commit": commit,
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "worker_register_s": summary(register),
-        "job_turnaround_s": summary(turnaround),
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"[bench] wrote {args.output}: {json.dumps(result)}", flush=True)
+    report.write(args.output, {"worker_register_s": register, "job_turnaround_s": turnaround})
 
 
 if __name__ == "__main__":

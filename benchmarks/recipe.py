@@ -20,7 +20,6 @@ converged first).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 from tests import lab
 
-from benchmarks.pool import summary
+from benchmarks import report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "recipe.json"
 PROVIDER_HOSTS = (lab.WORKER_HOST, lab.SQUID_HOST)
@@ -93,10 +92,7 @@ def measure_autoheal_restart() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = report.arguments(__doc__.splitlines()[0], RESULTS)
 
     print("[bench] converging the central manager", flush=True)
     result = lab.playbook("central_manager")
@@ -119,19 +115,14 @@ def main() -> None:
         restart.append(measure_autoheal_restart())
         print(f"[bench] autoheal_restart_s run {i + 1}: {restart[-1]:.2f}", flush=True)
 
-    figures = {
-        "provider_converge_s": summary(converge),
-        "provider_reconverge_s": summary(reconverge),
-        "autoheal_restart_s": summary(restart),
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({**_provenance(), **figures}, indent=2) + "\n")
-    print(f"[bench] wrote {args.output}", flush=True)
-
-
-def _provenance() -> dict[str, str]:
-    commit = lab.run(["git", "rev-parse", "HEAD"]).stdout.strip()
-    return {"commit": commit, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    report.write(
+        args.output,
+        {
+            "provider_converge_s": converge,
+            "provider_reconverge_s": reconverge,
+            "autoheal_restart_s": restart,
+        },
+    )
 
 
 if __name__ == "__main__":
