@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests import lab
-from tests.pool import client
+from tests.pool import client, slot_advertised
 
 from benchmarks import report
 
@@ -24,36 +24,18 @@ WORKER_DIR = "/opt/tide/condor_worker"
 POLL_S = 0.1
 
 
-def _slot_advertised(htcondor2: Any) -> bool:
-    ads = htcondor2.Collector().query(
-        htcondor2.AdTypes.Startd,
-        constraint=f'TideResourceId == "{lab.WORKER_HOST}"',
-        projection=["Name"],
-    )
-    return len(ads) > 0
-
-
-def _poll(what: str, predicate: Any, timeout: float) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(POLL_S)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def measure_worker_register(htcondor2: Any) -> float:
+def measure_worker_register() -> float:
     compose = ["docker", "compose", "--project-directory", WORKER_DIR]
     lab.on_host(lab.WORKER_HOST, *compose, "down")
-    _poll("the slot to leave the collector", lambda: not _slot_advertised(htcondor2), 120)
+    lab.wait_for("the slot to leave the collector", lambda: not slot_advertised(), 120, POLL_S)
     start = time.monotonic()
     lab.on_host(lab.WORKER_HOST, *compose, "up", "-d")
-    end = _poll("the slot to register", lambda: _slot_advertised(htcondor2), 300)
+    end = lab.wait_for("the slot to register", slot_advertised, 300, POLL_S)
     return end - start
 
 
-def measure_job_turnaround(htcondor2: Any, schedd: Any) -> float:
-    _poll("an idle slot", lambda: _slot_advertised(htcondor2), 300)
+def measure_job_turnaround(schedd: Any) -> float:
+    lab.wait_for("an idle slot", slot_advertised, 300, POLL_S)
     submit = (
         "mkdir -p bench && cd bench && "
         "printf 'executable = /bin/true\\nrequest_cpus = 1\\nrequest_memory = 32MB\\n"
@@ -67,7 +49,7 @@ def measure_job_turnaround(htcondor2: Any, schedd: Any) -> float:
     def gone() -> bool:
         return len(schedd.query(constraint=f"ClusterId == {cluster}", projection=["ProcId"])) == 0
 
-    end = _poll(f"job {cluster} to complete", gone, 300)
+    end = lab.wait_for(f"job {cluster} to complete", gone, 300, POLL_S)
     exit_code = lab.in_container(
         lab.CM_HOST, lab.CM_CONTAINER, "condor_history", cluster, "-af", "ExitCode"
     ).stdout.strip()
@@ -88,11 +70,11 @@ def main() -> None:
 
     register: list[float] = []
     for i in range(args.runs):
-        register.append(measure_worker_register(htcondor2))
+        register.append(measure_worker_register())
         print(f"[bench] worker_register_s run {i + 1}: {register[-1]:.2f}", flush=True)
     turnaround: list[float] = []
     for i in range(args.runs):
-        turnaround.append(measure_job_turnaround(htcondor2, schedd))
+        turnaround.append(measure_job_turnaround(schedd))
         print(f"[bench] job_turnaround_s run {i + 1}: {turnaround[-1]:.2f}", flush=True)
 
     report.write(args.output, {"worker_register_s": register, "job_turnaround_s": turnaround})

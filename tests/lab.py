@@ -11,14 +11,19 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 TOP = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("TIDE_STATE_DIR", TOP / ".lab"))
 VENV_BIN = TOP / ".venv" / "bin"
 LAB_HOSTS = TOP / "tests" / "bin" / "lab-hosts"
+# The lab's one port map and pool domain live in its inventory.
+_LAB_VARS = yaml.safe_load((TOP / "inventories" / "lab" / "group_vars" / "all.yml").read_text())
+TEST_PORTS: dict[str, int] = _LAB_VARS["tide_lab_ports"]["tests"]
 
 CM_HOST = "tide-lab-cm"
 CM_CONTAINER = "tide-central-manager-condor-1"
@@ -27,10 +32,10 @@ WORKER_CONTAINER = "tide-condor-worker-condor-1"
 AUTOHEAL_CONTAINER = "tide-autoheal-autoheal-1"
 SQUID_HOST = "tide-lab-squid"
 SQUID_CONTAINER = "tide-squid-squid-1"
-SQUID_PORT = 29628
-HTTP_ORIGIN_PORT = 29680  # the tests' origin behind squid (group_vars/all.yml)
-POOL_DOMAIN = "lab.tide"
-COLLECTOR_PORT = 29618
+SQUID_PORT = int(_LAB_VARS["tide_lab_ports"]["squid"])
+HTTP_ORIGIN_PORT = TEST_PORTS["http_origin"]  # the tests' origin behind squid
+POOL_DOMAIN: str = _LAB_VARS["tide_lab_pool_domain"]
+COLLECTOR_PORT = int(_LAB_VARS["tide_lab_ports"]["collector"])
 COLLECTOR = f"127.0.0.1:{COLLECTOR_PORT}"
 
 _RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)", re.M)
@@ -115,11 +120,13 @@ def container_state(host: str, container: str) -> dict[str, str]:
     return {"id": out[0], "started": out[1], "health": out[2] if len(out) > 2 else ""}
 
 
-def wait_for(what: str, predicate: object, timeout: float, interval: float = 2.0) -> None:
-    assert callable(predicate)
+def wait_for(
+    what: str, predicate: Callable[[], bool], timeout: float, interval: float = 2.0
+) -> float:
+    """Poll until predicate() holds; return the monotonic time it was seen to."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
-            return
+            return time.monotonic()
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

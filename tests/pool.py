@@ -8,20 +8,29 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.lab import COLLECTOR, STATE
+from tests.lab import COLLECTOR, STATE, WORKER_HOST
 
 _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="tide-client-"))
+_configured_token: str | None = None
 
 
 def client(token_file: Path | None = None) -> Any:
-    """Return htcondor2, configured to authenticate with exactly one token."""
-    token = token_file or STATE / "secrets" / "worker.token"
+    """Return htcondor2, configured to authenticate with exactly one token.
+
+    The configuration is written and reloaded only when the token changes,
+    so polling loops can call this freely."""
+    global _configured_token  # noqa: PLW0603  (one process-wide client configuration)
+    token = (token_file or STATE / "secrets" / "worker.token").read_text()
+    if token == _configured_token:
+        import htcondor2  # noqa: PLC0415
+
+        return htcondor2
     tokens = _CONFIG_DIR / "tokens.d"
     tokens.mkdir(mode=0o700, exist_ok=True)
     for old in tokens.iterdir():
         old.unlink()
     target = tokens / "token"
-    target.write_text(token.read_text())
+    target.write_text(token)
     target.chmod(0o600)
     config = _CONFIG_DIR / "condor_config"
     config.write_text(
@@ -36,4 +45,16 @@ def client(token_file: Path | None = None) -> Any:
     import htcondor2  # noqa: PLC0415  (reads CONDOR_CONFIG when first imported)
 
     htcondor2.reload_config()
+    _configured_token = token
     return htcondor2
+
+
+def slot_advertised(resource_id: str = WORKER_HOST) -> bool:
+    """Whether a startd with this TideResourceId is in the pool's collector."""
+    htcondor2 = client()
+    ads = htcondor2.Collector().query(
+        htcondor2.AdTypes.Startd,
+        constraint=f'TideResourceId == "{resource_id}"',
+        projection=["Name"],
+    )
+    return len(ads) > 0

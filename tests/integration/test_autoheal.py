@@ -5,17 +5,7 @@ check fails, as when a daemon dies for good."""
 from __future__ import annotations
 
 from tests import lab
-from tests.pool import client
-
-
-def _slot_advertised() -> bool:
-    htcondor2 = client()
-    ads = htcondor2.Collector().query(
-        htcondor2.AdTypes.Startd,
-        constraint=f'TideResourceId == "{lab.WORKER_HOST}"',
-        projection=["Name"],
-    )
-    return len(ads) > 0
+from tests.pool import slot_advertised
 
 
 def test_autoheal_runs_on_provider_hosts() -> None:
@@ -30,7 +20,7 @@ def test_unhealthy_worker_is_restarted_and_rejoins() -> None:
     before = lab.container_state(lab.WORKER_HOST, lab.WORKER_CONTAINER)
     assert before["health"] == "healthy"
     lab.in_container(lab.WORKER_HOST, lab.WORKER_CONTAINER, "condor_off", "-daemon", "startd")
-    lab.wait_for("the slot to leave the pool", lambda: not _slot_advertised(), timeout=60)
+    lab.wait_for("the slot to leave the pool", lambda: not slot_advertised(), timeout=60)
 
     def restarted() -> bool:
         return (
@@ -39,7 +29,7 @@ def test_unhealthy_worker_is_restarted_and_rejoins() -> None:
         )
 
     lab.wait_for("autoheal to restart the worker", restarted, timeout=180)
-    lab.wait_for("the restarted worker's slot to rejoin the pool", _slot_advertised, timeout=180)
+    lab.wait_for("the restarted worker's slot to rejoin the pool", slot_advertised, timeout=180)
     lab.wait_for(
         "the restarted worker to be healthy",
         lambda: lab.container_state(lab.WORKER_HOST, lab.WORKER_CONTAINER)["health"] == "healthy",

@@ -16,7 +16,7 @@ from tests import lab
 from tests.pool import client
 
 BAD_WORKER = "tide-test-bad-token"
-BAD_WORKER_PORT = 29620  # test-only, see inventories/lab/group_vars/all.yml
+BAD_WORKER_PORT = lab.TEST_PORTS["bad_token_worker"]
 
 
 def _token_claims(token: str) -> dict[str, str]:
