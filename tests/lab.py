@@ -28,6 +28,10 @@ TEST_PORTS: dict[str, int] = _LAB_VARS["tide_lab_ports"]["tests"]
 CM_HOST = "tide-lab-cm"
 CM_CONTAINER = "tide-central-manager-condor-1"
 WORKER_HOST = "tide-lab-worker-1"
+# The lab's cvmfsexec worker: CVMFS by the cvmfsexec double (tests/doubles).
+CVMFSEXEC_WORKER_HOST = "tide-lab-worker-2"
+CVMFS_CONTAINER = "tide-cvmfs"
+CVMFS_REPOSITORIES: list[str] = _LAB_VARS["cvmfs_repositories"]
 WORKER_CONTAINER = "tide-condor-worker-condor-1"
 AUTOHEAL_CONTAINER = "tide-autoheal-autoheal-1"
 SQUID_HOST = "tide-lab-squid"
@@ -130,3 +134,39 @@ def wait_for(
             return time.monotonic()
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass(frozen=True)
+class JobResult:
+    cluster: str
+    exit_code: str
+    owner: str
+    output: str
+
+
+def run_job(script: str, *, on: str, user: str = "physicist", timeout: float = 240) -> JobResult:
+    """Submit a shell script as a job from the central manager's schedd, to
+    the worker whose TideResourceId is `on`, and wait until it completes."""
+    body = script.replace("'", "'\\''")
+    submit = (
+        "set -e; d=$(mktemp -d ~/job.XXXXXX); cd $d; "
+        f"printf '%s\\n' '#!/bin/sh' '{body}' > j.sh; chmod +x j.sh; "
+        "printf 'executable = j.sh\\noutput = j.out\\nerror = j.err\\nlog = j.log\\n"
+        "request_cpus = 1\\nrequest_memory = 64MB\\n"
+        f'requirements = TideResourceId == \\"{on}\\"\\nqueue\\n\' > j.sub; '
+        'echo "$(condor_submit -terse j.sub | cut -d. -f1) $d"'
+    )
+    cluster, workdir = in_container(
+        CM_HOST, CM_CONTAINER, "bash", "-c", submit, user=user
+    ).stdout.split()
+    assert cluster.isdigit(), cluster
+
+    def history() -> list[str]:
+        return in_container(
+            CM_HOST, CM_CONTAINER, "condor_history", cluster, "-af", "ExitCode", "Owner"
+        ).stdout.split()
+
+    wait_for(f"job {cluster} to complete on {on}", lambda: bool(history()), timeout=timeout)
+    exit_code, owner = history()
+    output = in_container(CM_HOST, CM_CONTAINER, "cat", f"{workdir}/j.out").stdout
+    return JobResult(cluster, exit_code, owner, output)

@@ -37,34 +37,10 @@ def test_containers_are_healthy() -> None:
 
 def test_job_from_unprivileged_user_runs_to_completion() -> None:
     marker = uuid.uuid4().hex
-    submit = (
-        "set -e; mkdir -p t && cd t; "
-        f"printf '#!/bin/sh\\necho {marker} on $(hostname) as $(id -un)\\n' > j.sh; chmod +x j.sh; "
-        "printf 'executable = j.sh\\noutput = j.$(Cluster).out\\nerror = j.$(Cluster).err\\n"
-        "log = j.log\\nrequest_cpus = 1\\nrequest_memory = 64MB\\nqueue\\n' > j.sub; "
-        "condor_submit -terse j.sub | cut -d. -f1"
-    )
-    cluster = lab.in_container(
-        lab.CM_HOST, lab.CM_CONTAINER, "bash", "-c", submit, user="physicist"
-    ).stdout.strip()
-    assert cluster.isdigit(), cluster
-
-    def done() -> bool:
-        out = lab.in_container(
-            lab.CM_HOST, lab.CM_CONTAINER, "condor_history", cluster, "-af", "ExitCode", "Owner"
-        ).stdout.split()
-        return bool(out)
-
-    lab.wait_for(f"job {cluster} to complete", done, timeout=240)
-    exit_code, owner = lab.in_container(
-        lab.CM_HOST, lab.CM_CONTAINER, "condor_history", cluster, "-af", "ExitCode", "Owner"
-    ).stdout.split()
-    assert (exit_code, owner) == ("0", "physicist")
-    output = lab.in_container(
-        lab.CM_HOST, lab.CM_CONTAINER, "cat", f"/home/physicist/t/j.{cluster}.out"
-    ).stdout
+    job = lab.run_job(f"echo {marker} on $(hostname) as $(id -un)", on=lab.WORKER_HOST)
+    assert (job.exit_code, job.owner) == ("0", "physicist")
     # The job ran on the worker, not on the central manager, as nobody.
-    assert output.strip() == f"{marker} on {lab.WORKER_HOST} as nobody"
+    assert job.output.strip() == f"{marker} on {lab.WORKER_HOST} as nobody"
 
 
 def test_secrets_are_files_of_mode_0600_never_environment() -> None:

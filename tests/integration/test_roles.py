@@ -19,6 +19,12 @@ def _fingerprint() -> dict[str, object]:
         "compose": lab.on_host(
             lab.WORKER_HOST, "sha256sum", "/opt/tide/condor_worker/compose.yaml"
         ).stdout,
+        "cvmfs": lab.container_state(lab.WORKER_HOST, lab.CVMFS_CONTAINER),
+        "default.local": lab.on_host(
+            lab.CVMFSEXEC_WORKER_HOST,
+            "sha256sum",
+            "/opt/tide/cvmfsexec/dist/etc/cvmfs/default.local",
+        ).stdout,
         "squid": lab.container_state(lab.SQUID_HOST, lab.SQUID_CONTAINER),
         "squid_compose": lab.on_host(
             lab.SQUID_HOST, "sha256sum", "/opt/tide/squid/compose.yaml"
@@ -30,7 +36,7 @@ def test_second_run_changes_nothing_and_keeps_the_signing_key() -> None:
     before = _fingerprint()
     for name, hosts in [
         ("central_manager", [lab.CM_HOST]),
-        ("provider", [lab.SQUID_HOST, lab.WORKER_HOST]),
+        ("provider", [lab.SQUID_HOST, lab.WORKER_HOST, lab.CVMFSEXEC_WORKER_HOST]),
     ]:
         result = lab.playbook(name)
         assert result.returncode == 0, result.output[-4000:]
@@ -63,6 +69,13 @@ def test_second_run_changes_nothing_and_keeps_the_signing_key() -> None:
         ),
         ("squid", '{"squid_allowed_clients": []}', "squid_allowed_clients must name"),
         ("squid", '{"squid_allowed_clients": ["everyone"]}', "'everyone' must be an address"),
+        ("worker", "cvmfs_http_proxy=", "cvmfs_http_proxy must be the site squid"),
+        ("worker", "cvmfs_http_proxy=squid:3128", "cvmfs_http_proxy must be the site squid"),
+        ("worker", '{"cvmfs_repositories": ["../etc"]}', "cvmfs_repositories must list"),
+        ("worker", "cvmfs_mode=magic", "cvmfs_mode"),
+        ("worker", "cvmfs_quota_limit_mb=0", "cvmfs_quota_limit_mb must be a positive"),
+        ("worker", '{"cvmfs_config": {"CVMFS_HTTP_PROXY": "x"}}', "cvmfs_config: CVMFS_HTTP_PROXY"),
+        ("worker", "cvmfs_cvmfsexec_dist=/nonexistent", "must hold an executable cvmfsexec"),
     ],
 )
 def test_bad_input_stops_before_any_change(playbook: str, extra: str, named: str) -> None:
