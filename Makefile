@@ -1,7 +1,8 @@
 # Tide: one entry point for the demo, the tests, the benchmarks.
 #   make demo        a whole pool on this machine, jobs run, output shown
 #   make demo-down   remove every lab container, volume and file the demo made
-#   make test        lint + unit + integration tests against a real lab pool
+#   make test        lint + unit + Molecule scenarios on a real lab pool (what CI runs)
+#   make quick       lint + unit + the integration tests on the running lab (inner loop)
 #   make bench       measure, write benchmarks/results/*.json
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -9,11 +10,12 @@ PYTHON ?= python3.11
 VENV := .venv
 STATE := $(or $(TIDE_STATE_DIR),$(CURDIR)/.lab)
 export TIDE_STATE_DIR := $(STATE)
+export TIDE_TOP := $(CURDIR)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 COLLECTION_LINK := $(STATE)/collections/ansible_collections/tide/pool
 
-.PHONY: help venv engine images collection lab demo demo-down lint unit integration test bench clean
+.PHONY: help venv engine images collection lab demo demo-down lint unit integration quick test bench clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -62,8 +64,16 @@ lint: venv collection
 unit: venv
 	pytest -q tests/unit
 
-integration: lab
-	pytest -q tests/integration tests/autoheal
+# Molecule drives the lab: each scenario (molecule/*) starts fresh lab hosts,
+# converges them, checks that a second run changes nothing, verifies
+# behaviour with tests/integration and tests/autoheal, and removes them.
+integration: venv images collection
+	molecule test --all
+
+# Inner loop, no Molecule: the same tests on the running lab (reused, and
+# converged again first).
+quick: lint unit lab
+	TIDE_TEST_REUSE_LAB=1 pytest -q tests/integration tests/autoheal
 
 test: lint unit integration
 

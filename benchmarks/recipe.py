@@ -1,6 +1,6 @@
 """Figures of the provider recipe, written to benchmarks/results/recipe.json.
 
-provider_converge_s    provider.yml on fresh lab hosts (the worker and squid
+provider_converge_s    provider.yml on fresh lab hosts (both workers and the squid
                        hosts made anew: no engine, no project); the images
                        are already built and saved as archives, so the run
                        installs the engine from the host's package cache,
@@ -30,7 +30,7 @@ from tests import lab
 from benchmarks import report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "recipe.json"
-PROVIDER_HOSTS = (lab.WORKER_HOST, lab.SQUID_HOST)
+PROVIDER_HOSTS = (lab.WORKER_HOST, lab.CVMFSEXEC_WORKER_HOST, lab.SQUID_HOST)
 
 
 def _timed_playbook(name: str) -> float:
