@@ -69,6 +69,7 @@ def test_second_run_changes_nothing_and_keeps_the_signing_key() -> None:
         ),
         ("squid", '{"squid_allowed_clients": []}', "squid_allowed_clients must name"),
         ("squid", '{"squid_allowed_clients": ["everyone"]}', "'everyone' must be an address"),
+        ("squid", "squid_log_rotate_calendar=sometimes", "is not a systemd calendar event"),
         ("worker", "cvmfs_http_proxy=", "cvmfs_http_proxy must be the site squid"),
         ("worker", "cvmfs_http_proxy=squid:3128", "cvmfs_http_proxy must be the site squid"),
         ("worker", '{"cvmfs_repositories": ["../etc"]}', "cvmfs_repositories must list"),

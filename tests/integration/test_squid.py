@@ -99,3 +99,28 @@ def test_client_outside_the_allowed_range_is_denied(origin: tuple[str, bytes]) -
 def test_ports_other_than_the_origin_ports_are_denied() -> None:
     status, _ = _fetch("http://127.0.0.1:22/", "127.0.0.1")
     assert status == 403
+
+
+def test_logs_are_rotated_by_the_hosts_timer() -> None:
+    """The timer is scheduled; its service makes squid rotate: access.log
+    moves to access.log.0 on the logs volume and a new one is written."""
+    enabled = lab.on_host(lab.SQUID_HOST, "systemctl", "is-enabled", "tide-squid-logrotate.timer")
+    assert enabled.stdout.strip() == "enabled"
+    next_run = lab.on_host(
+        lab.SQUID_HOST,
+        "systemctl",
+        "show",
+        "-P",
+        "NextElapseUSecRealtime",
+        "tide-squid-logrotate.timer",
+    ).stdout.strip()
+    assert next_run, "the rotation timer has no next run"
+    lab.on_host(lab.SQUID_HOST, "systemctl", "start", "tide-squid-logrotate.service")
+
+    def rotated() -> bool:
+        listing = lab.in_container(
+            lab.SQUID_HOST, lab.SQUID_CONTAINER, "ls", "/var/log/squid"
+        ).stdout.split()
+        return "access.log.0" in listing and "access.log" in listing
+
+    lab.wait_for("squid to rotate its access log", rotated, timeout=30)
