@@ -80,6 +80,7 @@ test: lint unit integration
 bench: lab
 	python -m benchmarks.pool
 	python -m benchmarks.recipe
+	python -m benchmarks.controller_decide
 
 clean: demo-down
 	@docker images --format '{{.Repository}}:{{.Tag}}' | grep '^tide/' | xargs -r docker rmi -f >/dev/null

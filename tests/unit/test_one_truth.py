@@ -1,5 +1,6 @@
 """One source of truth: role defaults agree with their argument specs, the
-image tags agree with the collection version, the lab's ports are unique."""
+image tags (roles and controller) agree with the collection version, the lab's
+ports are unique."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tide.config import DockerSiteConfig
 
 TOP = Path(__file__).resolve().parents[2]
 ROLES = sorted(p.name for p in (TOP / "roles").iterdir() if (p / "meta").is_dir())
@@ -54,6 +57,11 @@ def test_image_tags_follow_the_collection_version() -> None:
     ]:
         image = _yaml(TOP / "roles" / role / "defaults" / "main.yml")[var]
         assert image == f"tide/condor:{version}"
+
+
+def test_the_controller_boots_the_image_of_its_release() -> None:
+    version = _yaml(TOP / "galaxy.yml")["version"]
+    assert DockerSiteConfig.model_fields["image"].default == f"tide/condor:{version}"
 
 
 def test_lab_ports_are_unique_and_cover_every_worker() -> None:

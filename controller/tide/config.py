@@ -1,0 +1,367 @@
+"""The controller's configuration: one YAML file, validated before anything runs.
+
+A typo in a config that spends money (it boots servers) must stop the daemon
+at start, not be ignored: every model forbids unknown keys and takes types
+strictly (a quoted "10" is not a number; an int is accepted as a float).
+Every error names the key's dotted path and its line in the file, so the
+operator can fix them all in one pass.
+
+Secrets stay out of this file: it names token *files*, and the daemon checks
+their modes with check_secret_file() when it starts.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from tide.model import Shape, Site, SiteLimits
+from tide.yaml_lines import YamlDocument, YamlSyntaxError, parse_yaml
+
+SITE_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+# Resource ids are tide-<site>-<8 hex> and become host names: 14 + 40 characters stay
+# well inside a DNS label's 63, leaving room should the id gain a part.
+SITE_NAME_MAX = 40
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):([0-9]{1,5})$")
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; `errors` holds one `file:line: path: message` each."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("\n".join(self.errors))
+
+
+def _site_name(name: str) -> str:
+    if not SITE_NAME.match(name):
+        raise PydanticCustomError(
+            "site_name",
+            "site name must match ^[a-z][a-z0-9-]*$: it becomes part of "
+            "resource ids, container and server names",
+            {},
+        )
+    if len(name) > SITE_NAME_MAX:
+        raise PydanticCustomError(
+            "site_name_length",
+            "site name must be at most {max} characters: resource ids "
+            "tide-<site>-<8 hex> must fit a 63-character host name label",
+            {"max": SITE_NAME_MAX},
+        )
+    return name
+
+
+def _host_port(value: str) -> str:
+    match = _HOST_PORT.match(value)
+    if not match or not 0 < int(match.group(2)) <= 65535:
+        raise PydanticCustomError(
+            "host_port",
+            "must be host:port, e.g. cm.example.org:9618",
+            {},
+        )
+    return value
+
+
+def _not_empty_path(path: Path) -> Path:
+    if path == Path():
+        raise PydanticCustomError("empty_path", "must be a file path, not empty", {})
+    return path
+
+
+SiteName = Annotated[str, AfterValidator(_site_name)]
+# Paths come from YAML as strings; strict mode alone would only take Path objects.
+FilePath = Annotated[Path, Field(strict=False), AfterValidator(_not_empty_path)]
+
+
+def _scalar(value: object) -> str | bool | int | float:
+    if not isinstance(value, str | bool | int | float):
+        raise PydanticCustomError("scalar", "must be a string, number or boolean", {})
+    return value
+
+
+# One check, one message: a plain union would report a failure per member type.
+AttributeValue = Annotated[str | bool | int | float, PlainValidator(_scalar)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class PoolConfig(_Model):
+    collector: Annotated[str, AfterValidator(_host_port)] = Field(
+        description="The pool's collector as host:port. Required: no default pool exists."
+    )
+    token_file: FilePath = Field(
+        description="IDTOKEN the controller presents to query the pool. Required, and a path "
+        "only: the token itself never sits in this file."
+    )
+    schedds: list[str] = Field(
+        default_factory=list,
+        description="Schedds whose idle jobs count as demand. Empty (the default) means every "
+        "schedd the collector knows, which is right for a pool Tide serves whole.",
+    )
+
+
+class LoopConfig(_Model):
+    interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between decisions. 2 s reacts to a burst within a few seconds "
+        "while keeping collector queries cheap.",
+    )
+    state_file: FilePath = Field(
+        default=Path("/var/lib/tide/state.sqlite3"),
+        description="SQLite file recording every resource Tide owns, so a restart neither "
+        "forgets nor duplicates one. The default follows the FHS place for daemon state.",
+    )
+
+
+class MetricsConfig(_Model):
+    port: int = Field(
+        default=9800,
+        ge=0,
+        le=65535,
+        description="Prometheus metrics port; 0 disables the endpoint. 9800 is clear of "
+        "HTCondor's 9618 and the usual exporter ports.",
+    )
+    address: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the metrics endpoint binds. Loopback by default: exposing it "
+        "is a deliberate choice.",
+    )
+
+
+class LimitsConfig(_Model):
+    max_resources: int = Field(
+        default=10,
+        ge=0,
+        description="Resources alive at once. 10 keeps a forgotten demo cheap; 0 pauses.",
+    )
+    max_booting: int = Field(
+        default=5,
+        ge=1,
+        description="Boots in flight at once. 5 ramps up fast without flooding a site's API.",
+    )
+    boot_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A boot with no slot advertised by then is destroyed. 10 minutes covers "
+        "a cold VM image pull and condor start.",
+    )
+    idle_timeout_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="A running resource idle this long is drained. 5 minutes bridges the gap "
+        "between a user's job batches without paying for long idle time.",
+    )
+    backoff_base_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="After a failed boot, wait this long before the next, doubling per "
+        "failure. 30 s rides out a transient API error.",
+    )
+    backoff_max_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="Cap of the doubling backoff. 15 minutes retries a broken site often "
+        "enough to notice its recovery.",
+    )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Self:
+        if self.backoff_max_s < self.backoff_base_s:
+            raise PydanticCustomError(
+                "backoff_order",
+                "backoff_max_s ({max}) must be >= backoff_base_s ({base})",
+                {"max": self.backoff_max_s, "base": self.backoff_base_s},
+            )
+        return self
+
+
+class ShapeConfig(_Model):
+    cpus: int = Field(gt=0, description="CPUs of the one partitionable slot. Required.")
+    memory_mb: int = Field(gt=0, description="Memory of the slot in MiB. Required.")
+    disk_mb: int = Field(gt=0, description="Disk of the slot in MiB. Required.")
+
+
+class _SiteBase(_Model):
+    shape: ShapeConfig = Field(
+        description="The machine one resource gives the pool; the policy matches jobs against "
+        "it before booting anything. Required: no shape fits every site."
+    )
+    attributes: dict[str, AttributeValue] = Field(
+        default_factory=dict,
+        description="Attributes the site's workers advertise, also put into its machine "
+        "prototype so jobs that require them match. None by default.",
+    )
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig,
+        description="How far and how fast to scale this site.",
+    )
+    worker_token_file: FilePath = Field(
+        description="IDTOKEN handed to the site's workers to join the pool. Required; a path only."
+    )
+
+
+class DockerSiteConfig(_SiteBase):
+    kind: Literal["docker"] = Field(description="Workers are containers on a Docker engine.")
+    engine_url: str = Field(
+        default="unix:///var/run/docker.sock", description="Docker engine to use; the local socket."
+    )
+    image: str = Field(
+        default="tide/condor:0.1.0",
+        description="Worker image; the one this release of Tide builds.",
+    )
+    network_mode: str = Field(
+        default="host",
+        description="Container network. Host networking lets the startd be reached at the "
+        "host's address without port mapping.",
+    )
+
+
+class OpenStackSiteConfig(_SiteBase):
+    kind: Literal["openstack"] = Field(description="Workers are servers in an OpenStack cloud.")
+    cloud: str = Field(min_length=1, description="Entry in clouds.yaml. Required.")
+    image: str = Field(min_length=1, description="Server image. Required: clouds differ.")
+    flavor: str = Field(min_length=1, description="Server flavor. Required: clouds differ.")
+    network: str = Field(min_length=1, description="Network to attach. Required: clouds differ.")
+    key_name: str | None = Field(
+        default=None, description="SSH keypair; none by default, workers need no login."
+    )
+    security_groups: list[str] = Field(
+        default_factory=list, description="Security groups; none means the project's default."
+    )
+    user_data_template: FilePath | None = Field(
+        default=None, description="cloud-init template; None uses the one built into Tide."
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="Extra server metadata; Tide adds its ownership tag."
+    )
+
+
+SiteConfig = Annotated[DockerSiteConfig | OpenStackSiteConfig, Field(discriminator="kind")]
+
+
+def _some_sites(sites: dict[str, SiteConfig]) -> dict[str, SiteConfig]:
+    if not sites:
+        raise PydanticCustomError("no_sites", "configure at least one site to scale into", {})
+    return sites
+
+
+class Config(_Model):
+    pool: PoolConfig = Field(description="The HTCondor pool Tide serves. Required.")
+    loop: LoopConfig = Field(default_factory=LoopConfig, description="The decision loop.")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus endpoint."
+    )
+    sites: Annotated[dict[SiteName, SiteConfig], AfterValidator(_some_sites)] = Field(
+        description="Sites to scale into, by name. Required: at least one."
+    )
+
+
+def site_model(name: str, site: SiteConfig) -> Site:
+    """The policy's view of a configured site."""
+    s, lim = site.shape, site.limits
+    return Site(
+        name=name,
+        shape=Shape(cpus=s.cpus, memory_mb=s.memory_mb, disk_mb=s.disk_mb),
+        limits=SiteLimits(
+            max_resources=lim.max_resources,
+            max_booting=lim.max_booting,
+            boot_timeout_s=lim.boot_timeout_s,
+            idle_timeout_s=lim.idle_timeout_s,
+            backoff_base_s=lim.backoff_base_s,
+            backoff_max_s=lim.backoff_max_s,
+        ),
+    )
+
+
+def check_secret_file(path: Path) -> None:
+    """Refuse a token file that is missing or readable beyond its owner (mode 0600 at most)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ConfigError([f"{path}: secret file unreadable: {exc.strerror}"]) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError([f"{path}: secret file is not a regular file"])
+    if st.st_mode & 0o077:
+        mode = stat.S_IMODE(st.st_mode)
+        raise ConfigError(
+            [f"{path}: mode {mode:04o} lets group or others read a secret; chmod 600"]
+        )
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the file; raise ConfigError listing every problem with its line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from exc
+    try:
+        doc = parse_yaml(text)
+    except YamlSyntaxError as exc:
+        where = f"{path}" if exc.line is None else f"{path}:{exc.line}"
+        raise ConfigError([f"{where}: {exc}"]) from exc
+    errors = [(dup.line, f"{dup.path}: duplicate key") for dup in doc.duplicate_keys()]
+    try:
+        config = Config.model_validate(doc.data)
+    except ValidationError as exc:
+        errors += [_describe(doc, err) for err in exc.errors()]
+    if errors:  # in file order, so they can be fixed top to bottom
+        raise ConfigError([f"{path}:{line}: {text}" for line, text in sorted(errors)])
+    return config
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+    "union_tag_not_found": "required key is missing (docker or openstack)",
+    "model_type": "must be a mapping of keys",
+}
+_NO_INPUT = {"extra_forbidden", "missing", "union_tag_not_found", "union_tag_invalid"}
+
+
+def _describe(doc: YamlDocument, err: ErrorDetails) -> tuple[int, str]:
+    """Where (line) and what (dotted path and message) one pydantic error is."""
+    loc = [part for part in err["loc"] if part != "[key]"]
+    # A discriminated union puts the tag in the loc: sites.<name>.<kind>.limits.
+    if len(loc) >= 3 and loc[0] == "sites" and isinstance(doc.data, dict):
+        sites = doc.data.get("sites")
+        site = sites.get(loc[1]) if isinstance(sites, dict) else None
+        if isinstance(site, dict) and site.get("kind") == loc[2]:
+            del loc[2]
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc.append("kind")
+    message = _MESSAGES.get(err["type"], err["msg"])
+    value = err.get("input")
+    if err["type"] not in _NO_INPUT and isinstance(value, str | int | float | bool | None):
+        message += f" (got {value!r})"
+    where = ".".join(str(part) for part in loc) or "(top level)"
+    return doc.line_of(loc), f"{where}: {message}"
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DockerSiteConfig",
+    "OpenStackSiteConfig",
+    "SiteConfig",
+    "check_secret_file",
+    "load_config",
+    "site_model",
+]

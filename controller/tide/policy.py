@@ -1,0 +1,268 @@
+"""The controller's policy: one pure function from what it sees (a Snapshot)
+to what to do now (a Plan). No I/O, no clock (time is `snapshot.now`), no
+randomness: the same snapshot always gives the same plan, in the same order,
+so a decision can be replayed from a log and tested without a pool.
+
+How a decision is made:
+
+1. Resources are sorted per site into boots that timed out, boots in flight
+   (requested or booting), idle running, idle draining and busy ones (a
+   running or draining resource with a claimed slot counts as fully used;
+   one with none as one free machine).
+2. Demand is assigned to sites and packed into their machine shape (see
+   `_Packer`): an autocluster's jobs go to its sites in the order it lists
+   them, each site taking what fits under its quota before the next gets the
+   rest, so no job is counted at two sites.
+3. Each site covers the machines its demand needs with what it already has,
+   cheapest first: idle running machines, then draining ones (undrained),
+   then boots in flight; it creates the rest at once, within its quota, its
+   boots-in-flight cap and its backoff. What is left over is scaled down:
+   surplus boots are destroyed (newest first) before any running machine is
+   drained, and only machines idle for the idle timeout are drained.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from tide.model import (
+    Action,
+    Create,
+    Demand,
+    Destroy,
+    Drain,
+    Plan,
+    Resource,
+    Shape,
+    Site,
+    SiteHealth,
+    Snapshot,
+    State,
+    Undrain,
+)
+
+_BOOTS = frozenset({State.REQUESTED, State.BOOTING})
+_UNBOUNDED = sys.maxsize  # jobs per machine when a job requests nothing
+
+
+def decide(snapshot: Snapshot) -> Plan:
+    """What to do now, given everything observed in `snapshot`."""
+    now = snapshot.now
+    pools = _classify(snapshot.resources, snapshot.sites, now)
+    may_create = {
+        name: not _backing_off(site, snapshot.health.get(name), now)
+        for name, site in snapshot.sites.items()
+    }
+    packers = {
+        name: _Packer(site.shape, _room(site, pools[name], may_create[name]))
+        for name, site in snapshot.sites.items()
+    }
+    unmatched = _assign(snapshot.demand, packers)
+    actions: list[Action] = []
+    for name in sorted(snapshot.sites):
+        actions += _site_actions(
+            snapshot.sites[name], pools[name], packers[name], may_create[name], now
+        )
+    return Plan(tuple(actions), tuple(unmatched))
+
+
+@dataclass
+class _Pool:
+    """One site's resources, sorted by what they can do for demand."""
+
+    timed_out: list[Resource] = field(default_factory=list)
+    booting: list[Resource] = field(default_factory=list)
+    idle: list[Resource] = field(default_factory=list)
+    draining_idle: list[Resource] = field(default_factory=list)
+    busy: int = 0  # running or draining with a claimed slot: fully used
+
+    @property
+    def usable(self) -> int:
+        """Machines that are free now or coming, without creating any."""
+        return len(self.idle) + len(self.draining_idle) + len(self.booting)
+
+
+def _classify(
+    resources: Iterable[Resource], sites: Mapping[str, Site], now: float
+) -> dict[str, _Pool]:
+    """One pass over the resources. Those of a site not in the snapshot are
+    left alone: without its limits, nothing safe can be decided for them.
+    An unclaimed running resource without `idle_since` counts as free but
+    is never drained: how long it has been idle is unknown."""
+    pools = {name: _Pool() for name in sites}
+    for r in resources:
+        pool = pools.get(r.site)
+        if pool is None:
+            continue
+        if r.state in _BOOTS:
+            timeout = sites[r.site].limits.boot_timeout_s
+            expired = not r.advertised and now - r.state_since >= timeout
+            (pool.timed_out if expired else pool.booting).append(r)
+        elif r.state in (State.RUNNING, State.DRAINING):
+            if r.claimed_slots > 0:
+                pool.busy += 1
+            elif r.state is State.RUNNING:
+                pool.idle.append(r)
+            else:
+                pool.draining_idle.append(r)
+    return pools
+
+
+def _backing_off(site: Site, health: SiteHealth | None, now: float) -> bool:
+    """After n failed boots in a row, a site gets no Create for
+    min(base * 2**(n-1), max) seconds after the last one: a broken site is
+    retried ever more slowly instead of burning quota on boots that fail."""
+    if health is None or health.consecutive_failures <= 0 or health.last_failure_at is None:
+        return False
+    limits = site.limits
+    wait = min(
+        limits.backoff_base_s * 2.0 ** min(health.consecutive_failures - 1, 64),
+        limits.backoff_max_s,
+    )
+    return now < health.last_failure_at + wait
+
+
+def _room(site: Site, pool: _Pool, can_create: bool) -> int:
+    """Machines of this site that idle demand may fill: its quota less the
+    busy ones. A site in backoff offers only what it already has, so its
+    share of multi-site demand spills over to the next site."""
+    room = max(0, site.limits.max_resources - pool.busy)
+    return room if can_create else min(room, pool.usable)
+
+
+@dataclass
+class _Packer:
+    """Next-fit packing of the jobs assigned to one site into machines of its
+    shape, arithmetic per autocluster (never per job): the jobs first fill
+    the last machine opened, then whole machines of `per_machine` jobs, the
+    remainder opening one more. Only the last machine's leftover room is
+    reused, so the count may exceed an optimal packing slightly, never fall
+    short of a real one."""
+
+    shape: Shape
+    room: int  # machines it may fill (see _room)
+    machines: int = 0
+    jobs: int = 0
+    full: bool = False  # turned jobs away for want of room
+    free: tuple[int, int, int] = (0, 0, 0)  # cpus, memory, disk left in the last machine
+
+    def per_machine(self, d: Demand) -> int:
+        """How many of d's jobs one empty machine holds (0: they cannot run here)."""
+        return _fits((self.shape.cpus, self.shape.memory_mb, self.shape.disk_mb), d)
+
+    def add(self, d: Demand, jobs: int) -> int:
+        """Place up to `jobs` of d's jobs within the room; return how many fit."""
+        placed = min(jobs, _fits(self.free, d)) if self.machines else 0
+        self.free = _less(self.free, d, placed)
+        per = self.per_machine(d)
+        left = jobs - placed
+        new = min(-(-left // per), self.room - self.machines) if left and per else 0
+        if new > 0:
+            taken = min(left, new * per)
+            self.machines += new
+            shape = (self.shape.cpus, self.shape.memory_mb, self.shape.disk_mb)
+            self.free = _less(shape, d, taken - (new - 1) * per)
+            placed += taken
+        self.jobs += placed
+        self.full = self.full or placed < jobs
+        return placed
+
+
+def _fits(room: tuple[int, int, int], d: Demand) -> int:
+    """How many of d's jobs fit in this room; a request of 0 never limits."""
+    wants = (d.cpus, d.memory_mb, d.disk_mb)
+    counts = [have // want for have, want in zip(room, wants, strict=True) if want > 0]
+    return min(counts) if counts else _UNBOUNDED
+
+
+def _less(room: tuple[int, int, int], d: Demand, jobs: int) -> tuple[int, int, int]:
+    return (room[0] - jobs * d.cpus, room[1] - jobs * d.memory_mb, room[2] - jobs * d.disk_mb)
+
+
+def _assign(demand: Iterable[Demand], packers: Mapping[str, _Packer]) -> list[Demand]:
+    """Pack every autocluster's idle jobs into its sites, in the order it
+    lists them, each site up to its room. Autoclusters go by key, so the
+    plan does not depend on the order the schedds were read in. Returns the
+    demand no known site can run (no site listed, or jobs bigger than every
+    listed site's shape): reported, not chased. Demand beyond every site's
+    quota is neither: it waits for room."""
+    unmatched: list[Demand] = []
+    for d in sorted(demand, key=lambda d: d.key):
+        if d.idle_jobs <= 0:
+            continue
+        left = d.idle_jobs
+        servable = False
+        for name in d.sites:
+            packer = packers.get(name)
+            if packer is None or packer.per_machine(d) == 0:
+                continue
+            servable = True
+            if left:
+                left -= packer.add(d, left)
+        if not servable:
+            unmatched.append(d)
+    return unmatched
+
+
+def _site_actions(
+    site: Site, pool: _Pool, packer: _Packer, can_create: bool, now: float
+) -> list[Action]:
+    """Cover the machines demand needs with what the site has, cheapest
+    first (idle running, draining, booting), create the rest, and scale
+    down what is left over."""
+    limits = site.limits
+    need = packer.machines
+    full = " (quota full)" if packer.full else ""
+    demand = f"{packer.jobs} idle jobs need {_machines(need)}{full}"
+    actions: list[Action] = [
+        Destroy(r.id, f"boot timeout: {r.state} {now - r.state_since:.0f}s, no slot advertised")
+        for r in sorted(pool.timed_out, key=lambda r: r.id)
+    ]
+
+    # Idle running machines: keep the most recently idle, drain the oldest.
+    idle = sorted(pool.idle, key=lambda r: (-(now if r.idle_since is None else r.idle_since), r.id))
+    kept_idle, spare_idle = idle[:need], idle[need:]
+    left = need - len(kept_idle)
+
+    draining = sorted(pool.draining_idle, key=lambda r: r.id)
+    undrain, spare_draining = draining[:left], draining[left:]
+    left -= len(undrain)
+
+    # Boots in flight: keep the oldest (nearest to running), destroy the newest.
+    booting = sorted(pool.booting, key=lambda r: (r.created_at, r.id))
+    kept_booting, spare_booting = booting[:left], booting[left:]
+    left -= len(kept_booting)
+
+    have = f"{len(kept_idle)} idle, {len(undrain)} undrained, {len(kept_booting)} booting"
+    actions += [
+        Destroy(r.id, f"surplus boot: {demand}, {len(idle)} idle") for r in reversed(spare_booting)
+    ]
+    actions += [
+        Destroy(r.id, "drained: no claimed slot left, demand needs it no more")
+        for r in spare_draining
+    ]
+    actions += [
+        Drain(r.id, f"idle {now - r.idle_since:.0f}s, unneeded: {demand}, {len(idle)} idle")
+        for r in spare_idle
+        if r.idle_since is not None and now - r.idle_since >= limits.idle_timeout_s
+    ]
+    actions += [Undrain(r.id, f"demand returned: {demand}") for r in undrain]
+    if left > 0 and can_create:
+        # The room already keeps the site within its quota; checked again for safety.
+        quota = limits.max_resources - pool.busy - pool.usable
+        boots = limits.max_booting - len(pool.booting)
+        count = min(left, quota, boots)
+        if count > 0:
+            caps = (
+                ""
+                if count == left
+                else f", {len(pool.booting)} of {limits.max_booting} boots in flight"
+            )
+            actions.append(Create(site.name, count, f"demand: {demand}; {have}{caps}"))
+    return actions
+
+
+def _machines(n: int) -> str:
+    return f"{n} machine" if n == 1 else f"{n} machines"
