@@ -1,0 +1,165 @@
+"""The interface between the controller and a site, and what every site shares.
+
+A site adapter does three things, each one call to the site's API and none
+of them waiting for the resource to change state: the controller's loop
+observes progress (list_owned, and the pool's collector) on its next pass.
+
+Ownership: every resource an adapter makes carries the tags (server metadata,
+container labels) `tide-owner=<owner>`, `tide-site=<site>` and
+`tide-resource-id=<id>`. `owner` is the controller instance's name, so two
+controllers sharing one cloud project never list, count or destroy each
+other's resources, and `tide-site` keeps two Tide sites of one controller in
+the same project apart. What carries no such tag is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+OWNER_TAG = "tide-owner"
+SITE_TAG = "tide-site"
+RESOURCE_ID_TAG = "tide-resource-id"
+
+_CLASSAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Attributes a worker advertises by itself, from its settings (TIDE_SITE_NAME,
+# TIDE_RESOURCE_ID, the shape) or as Tide's site name; the machine prototype
+# (tide.demand.prototype) overrides site attributes of these names the same way.
+_OWN_ATTRIBUTES = frozenset(
+    name.lower()
+    for name in (
+        "SiteName",
+        "TideResourceId",
+        "TideSite",
+        "PartitionableSlot",
+        "Cpus",
+        "Memory",
+        "Disk",
+        "TotalCpus",
+        "TotalMemory",
+        "TotalDisk",
+    )
+)
+
+
+class SiteError(Exception):
+    """A site call failed. `retryable`: the same call may succeed later as it is
+    (an outage, a full quota); False: it will not until the configuration
+    changes (an unknown flavor, a refused request). The message never holds
+    a secret."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class QuotaExceeded(SiteError):
+    """The site refused for lack of quota: retryable once resources are freed."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message, retryable=retryable)
+
+
+@dataclass(frozen=True)
+class Owned:
+    """One resource at a site carrying this controller's ownership tags."""
+
+    resource_id: str
+    status: str  # the site's own status word, raw (e.g. OpenStack's BUILD, ACTIVE, ERROR)
+    details: Mapping[str, str] = field(default_factory=dict)  # as create returned them
+
+
+@dataclass(frozen=True)
+class PoolEndpoint:
+    """The pool a site's workers join."""
+
+    collector: str  # host:port of the collector
+    pool_domain: str  # the pool's domain (TIDE_POOL_DOMAIN)
+
+
+class SiteAdapter(Protocol):
+    """A site the controller scales. Implementations are used from one thread."""
+
+    name: str  # the site's name in the configuration
+
+    def create(self, resource_id: str) -> Mapping[str, str]:
+        """Start one resource whose worker advertises TideResourceId=resource_id,
+        tagged as owned. Returns what to record to find it again (for example
+        {"server_id": ...}). Does not wait for it to boot. Raises SiteError."""
+        ...
+
+    def list_owned(self) -> list[Owned]:
+        """Every resource at this site tagged as this controller's, whatever its
+        state, including ones the controller's records do not know. Raises SiteError."""
+        ...
+
+    def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
+        """Destroy the resource (details as create returned them, possibly empty).
+        Idempotent: a resource already gone is not an error. Raises SiteError."""
+        ...
+
+
+def worker_site_name(site: str, attributes: Mapping[str, object]) -> str:
+    """What the site's workers advertise as SiteName: the `SiteName` attribute
+    (ClassAd names are case-insensitive) when configured, else the site's name;
+    the same rule as the machine prototype's."""
+    for name, value in attributes.items():
+        if name.lower() == "sitename":
+            return str(value)
+    return site
+
+
+def classad_literal(value: str | bool | int | float) -> str:
+    """A configured attribute value as the ClassAd expression a worker's
+    TIDE_ATTR_<Name> takes: strings quoted, booleans true/false, numbers as they are."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} has no ClassAd literal")
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def worker_attributes(
+    site: str, attributes: Mapping[str, str | bool | int | float]
+) -> dict[str, str]:
+    """The TIDE_ATTR_<Name> expressions of a site's workers, by name: the
+    configured attributes, except those the worker advertises from its own
+    settings, plus TideSite (Tide's name for the site), so a worker advertises
+    what the site's machine prototype promised the jobs.
+
+    Raises ValueError naming a bad attribute name or value."""
+    out: dict[str, str] = {}
+    for name, value in sorted(attributes.items()):
+        if not _CLASSAD_NAME.match(name):
+            raise ValueError(f"attribute {name!r} is not a ClassAd attribute name")
+        if name.lower() in _OWN_ATTRIBUTES:
+            continue
+        try:
+            out[name] = classad_literal(value)
+        except ValueError as exc:
+            raise ValueError(f"attribute {name}: {exc}") from None
+    out["TideSite"] = classad_literal(site)
+    return out
+
+
+__all__ = [
+    "OWNER_TAG",
+    "RESOURCE_ID_TAG",
+    "SITE_TAG",
+    "Owned",
+    "PoolEndpoint",
+    "QuotaExceeded",
+    "SiteAdapter",
+    "SiteError",
+    "classad_literal",
+    "worker_attributes",
+    "worker_site_name",
+]

@@ -1,0 +1,374 @@
+"""OpenStack site: each resource is a Nova server whose cloud-init user data
+starts the worker container (the compose project the condor_worker role
+writes), through openstacksdk's proxy layer (conn.compute, conn.image,
+conn.network).
+
+The daemon makes the connection (`openstack.connect(cloud=config.cloud)`)
+and hands it in, so tests pass a double and nothing here reads clouds.yaml.
+Calls do not wait for a server to become ACTIVE: the controller's loop sees
+the progress in list_owned and in the pool's collector.
+
+The worker token goes into the user data and nowhere else: it is never
+logged, and error messages are scrubbed of it (and of anything looking like
+the encoded user data) before they leave this module. Note that the cloud
+keeps user data with the server: anyone who can read the server's
+attributes in the project can read the token, as with any cloud-init secret.
+
+A create call that fails on an outage (5xx, connection lost) may still have
+made the server: it carries the ownership metadata and name, so list_owned
+reports it and the controller reconciles it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import jinja2
+import requests
+from keystoneauth1 import exceptions as ksa_exceptions
+from openstack import exceptions as os_exceptions
+from openstack.connection import Connection
+
+from tide.config import DockerSiteConfig, OpenStackSiteConfig
+from tide.sites.base import (
+    OWNER_TAG,
+    RESOURCE_ID_TAG,
+    SITE_TAG,
+    Owned,
+    PoolEndpoint,
+    QuotaExceeded,
+    SiteError,
+    worker_attributes,
+    worker_site_name,
+)
+
+log = logging.getLogger(__name__)
+
+WORKER_IMAGE = str(DockerSiteConfig.model_fields["image"].default)
+"""The worker container image: the one this release of Tide builds."""
+
+USER_DATA_MAX = 65535
+"""Nova's limit on a server's user data, base64-encoded, in bytes."""
+
+BUILTIN_TEMPLATE = "openstack-user-data.yaml.j2"
+
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
+# Long runs of base64 (encoded user data the cloud might echo back) are scrubbed
+# from error messages; UUIDs and request ids (hyphenated) stay readable.
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
+_REDACTED = "<redacted>"
+_MESSAGE_MAX = 500
+_CONFIG_ERRORS = (
+    os_exceptions.EndpointNotFound,
+    os_exceptions.ConfigException,
+    os_exceptions.NotSupported,
+    os_exceptions.InvalidRequest,
+)
+
+
+def _to_json(value: object) -> str:
+    """A value as a JSON scalar, which is also a quoted YAML scalar on one line."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _status(exc: os_exceptions.HttpException) -> int | None:
+    """The HTTP status of an SDK error; the SDK raises some without a response
+    (find_* raises NotFoundException("No Flavor found for ...")), so the
+    class tells then."""
+    if exc.status_code is not None:
+        return exc.status_code
+    for cls, status in (
+        (os_exceptions.NotFoundException, 404),
+        (os_exceptions.BadRequestException, 400),
+        (os_exceptions.ForbiddenException, 403),
+        (os_exceptions.ConflictException, 409),
+    ):
+        if isinstance(exc, cls):
+            return status
+    return None
+
+
+class OpenStackSite:
+    """A SiteAdapter booting Nova servers that join the pool as workers.
+
+    `owner` names this controller instance (the tide-owner metadata); `pool` is
+    where the workers register; `worker_token` is the text of the site's worker
+    IDTOKEN (the caller reads it from its 0600 file). Raises SiteError
+    (not retryable) for a bad user data template or site attribute."""
+
+    def __init__(
+        self,
+        name: str,
+        config: OpenStackSiteConfig,
+        *,
+        conn: Connection,
+        owner: str,
+        pool: PoolEndpoint,
+        worker_token: str,
+        worker_image: str = WORKER_IMAGE,
+    ) -> None:
+        if not owner:
+            raise ValueError("owner must name the controller instance")
+        token = worker_token.strip()
+        if not token:
+            raise SiteError(f"site {name}: the worker token is empty", retryable=False)
+        self.name = name
+        self._config = config
+        self._conn = conn
+        self._owner = owner
+        self._pool = pool
+        self._worker_image = worker_image
+        self._token = token
+        # The token, and its JWT parts, are scrubbed from messages; longest first.
+        parts = [part for part in token.split(".") if len(part) >= 8]
+        self._secrets = sorted({token, *parts}, key=len, reverse=True)
+        try:
+            self._attributes = worker_attributes(name, config.attributes)
+        except ValueError as exc:
+            raise SiteError(
+                f"site {name}: sites.{name}.attributes: {exc}", retryable=False
+            ) from None
+        self._site_name = worker_site_name(name, config.attributes)
+        self._template = self._load_template()
+        self._ids: tuple[str, str, str] | None = None  # image, flavor, network
+        self._user_data("tide-check")  # a template naming an unknown variable fails now
+
+    # --- SiteAdapter --------------------------------------------------------
+
+    def create(self, resource_id: str) -> Mapping[str, str]:
+        image_id, flavor_id, network_id = self._resolve()
+        config = self._config
+        attrs: dict[str, Any] = {
+            "name": resource_id,
+            "image_id": image_id,
+            "flavor_id": flavor_id,
+            "networks": [{"uuid": network_id}],
+            "user_data": self._user_data(resource_id),
+            "metadata": {
+                **config.metadata,
+                OWNER_TAG: self._owner,
+                SITE_TAG: self.name,
+                RESOURCE_ID_TAG: resource_id,
+            },
+        }
+        if config.key_name is not None:
+            attrs["key_name"] = config.key_name
+        if config.security_groups:
+            attrs["security_groups"] = [{"name": group} for group in config.security_groups]
+        log.info(
+            "site %s: creating server %s (image %s, flavor %s, network %s)",
+            self.name,
+            resource_id,
+            config.image,
+            config.flavor,
+            config.network,
+        )
+        try:
+            # chain=False: the SDK's exception could hold what the cloud echoed
+            # of the request; the scrubbed message keeps what matters.
+            with self._calling(f"creating server {resource_id}", chain=False):
+                server = self._conn.compute.create_server(**attrs)
+        except SiteError as exc:
+            if not exc.retryable:
+                self._ids = None  # an image or network may have been replaced: look again
+            raise
+        if not server.id:
+            raise SiteError(
+                f"site {self.name}: creating server {resource_id}: the cloud returned no id",
+                retryable=True,
+            )
+        log.info("site %s: server %s is %s", self.name, resource_id, server.id)
+        return {"server_id": str(server.id)}
+
+    def list_owned(self) -> list[Owned]:
+        return [
+            Owned(
+                resource_id=str(meta.get(RESOURCE_ID_TAG) or server.name),
+                status=str(server.status or "UNKNOWN"),
+                details={"server_id": str(server.id)},
+            )
+            for server, meta in self._owned_servers()
+        ]
+
+    def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
+        server_id = details.get("server_id")
+        if server_id:
+            ids = [server_id]
+        else:  # created but not recorded (e.g. the daemon stopped): find it by its tags
+            ids = [
+                str(server.id)
+                for server, meta in self._owned_servers(name=resource_id)
+                if meta.get(RESOURCE_ID_TAG) == resource_id
+            ]
+        for sid in ids:
+            log.info("site %s: deleting server %s (%s)", self.name, resource_id, sid)
+            with self._calling(f"deleting server {resource_id}"):
+                self._conn.compute.delete_server(sid, ignore_missing=True)
+
+    # --- helpers ------------------------------------------------------------
+
+    def _owned_servers(self, name: str | None = None) -> Iterator[tuple[Any, Mapping[str, str]]]:
+        """This site's servers carrying our ownership metadata, with it. Nova
+        cannot filter on metadata, so the filter is here; `name` (which Nova
+        takes as a regular expression) only narrows the listing."""
+        compute = self._conn.compute
+        with self._calling("listing servers"):
+            if name is None:
+                servers = list(compute.servers(details=True))
+            else:
+                servers = list(compute.servers(details=True, name=name))
+        for server in servers:
+            meta = server.metadata or {}
+            if meta.get(OWNER_TAG) == self._owner and meta.get(SITE_TAG) == self.name:
+                yield server, meta
+
+    def _resolve(self) -> tuple[str, str, str]:
+        """Image, flavor and network ids, looked up by name or id once."""
+        if self._ids is None:
+            config, conn = self._config, self._conn
+            with self._calling("looking up the image", setting=("image", config.image)):
+                image = conn.image.find_image(config.image, ignore_missing=False)
+            with self._calling("looking up the flavor", setting=("flavor", config.flavor)):
+                flavor = conn.compute.find_flavor(config.flavor, ignore_missing=False)
+            with self._calling("looking up the network", setting=("network", config.network)):
+                network = conn.network.find_network(config.network, ignore_missing=False)
+            self._ids = (str(image.id), str(flavor.id), str(network.id))
+        return self._ids
+
+    def _load_template(self) -> jinja2.Template:
+        path = self._config.user_data_template
+        where = f"site {self.name}: sites.{self.name}.user_data_template"
+        try:
+            if path is None:
+                source = (
+                    resources.files("tide.sites")
+                    .joinpath("templates")
+                    .joinpath(BUILTIN_TEMPLATE)
+                    .read_text(encoding="utf-8")
+                )
+            else:
+                source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SiteError(f"{where}: cannot read {path}: {exc}", retryable=False) from None
+        # User data is YAML or a script, not HTML: autoescaping would corrupt it.
+        env = jinja2.Environment(
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,  # noqa: S701
+            trim_blocks=True,
+            keep_trailing_newline=True,
+        )
+        env.filters["to_json"] = _to_json
+        try:
+            return env.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise SiteError(f"{where}: line {exc.lineno}: {exc.message}", retryable=False) from None
+
+    def _user_data(self, resource_id: str) -> str:
+        """The rendered template, base64-encoded: the proxy layer sends
+        Server.user_data as given, and Nova requires base64."""
+        shape = self._config.shape
+        try:
+            text = self._template.render(
+                resource_id=resource_id,
+                tide_site=self.name,
+                site_name=self._site_name,
+                collector=self._pool.collector,
+                pool_domain=self._pool.pool_domain,
+                image=self._worker_image,
+                cpus=shape.cpus,
+                memory_mb=shape.memory_mb,
+                disk_mb=shape.disk_mb,
+                attributes=self._attributes,
+                token=self._token,
+            )
+        except jinja2.TemplateError as exc:
+            raise SiteError(
+                f"site {self.name}: sites.{self.name}.user_data_template: {self._redact(str(exc))}",
+                retryable=False,
+            ) from None
+        encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
+        if len(encoded) > USER_DATA_MAX:
+            raise SiteError(
+                f"site {self.name}: the user data is {len(encoded)} bytes base64-encoded, "
+                f"over Nova's {USER_DATA_MAX}: shorten sites.{self.name}.user_data_template",
+                retryable=False,
+            )
+        return encoded
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, _REDACTED)
+        text = _BASE64_RUN.sub(_REDACTED, text)
+        return text if len(text) <= _MESSAGE_MAX else text[:_MESSAGE_MAX] + "..."
+
+    @contextmanager
+    def _calling(
+        self, action: str, *, setting: tuple[str, str] | None = None, chain: bool = True
+    ) -> Iterator[None]:
+        """Turn the SDK's (and keystoneauth's) errors into SiteError."""
+        try:
+            yield
+        except (
+            os_exceptions.SDKException,
+            ksa_exceptions.ClientException,
+            requests.RequestException,
+        ) as exc:
+            error = self._translate(exc, action, setting)
+            if chain:
+                raise error from exc
+            raise error from None
+
+    def _translate(self, exc: Exception, action: str, setting: tuple[str, str] | None) -> SiteError:
+        """The SiteError for an SDK or keystoneauth error, scrubbed of secrets."""
+        where = f"site {self.name}: {action}"
+        text = self._redact(str(exc))
+        if setting is not None:
+            key, value = setting
+            check = f"{key} {value!r} (sites.{self.name}.{key})"
+        else:
+            check = f"check sites.{self.name}: image, flavor, network, key_name, security_groups"
+        if isinstance(exc, os_exceptions.HttpException):
+            return self._http_error(_status(exc), where, text, check, setting is not None)
+        if isinstance(exc, os_exceptions.DuplicateResource) and setting is not None:
+            message, retryable = f"{where}: {check} matches more than one: {text}", False
+        elif isinstance(exc, _CONFIG_ERRORS):
+            message, retryable = f"{where}: {text}", False
+        elif isinstance(exc, ksa_exceptions.ConnectionError | requests.RequestException):
+            message, retryable = f"{where}: cannot reach the cloud: {text}", True
+        elif isinstance(exc, ksa_exceptions.HttpError):
+            status = exc.http_status  # e.g. 401 from the identity service: bad credentials
+            retryable = status >= 500 or status in _RETRYABLE_STATUS
+            hint = "" if retryable else f" (check cloud {self._config.cloud!r})"
+            message = f"{where}: {text}{hint}"
+        elif isinstance(exc, ksa_exceptions.ClientException):  # authentication, discovery
+            message, retryable = f"{where}: {text} (check cloud {self._config.cloud!r})", False
+        else:
+            message, retryable = f"{where}: {text}", True
+        return SiteError(message, retryable=retryable)
+
+    @staticmethod
+    def _http_error(
+        status: int | None, where: str, text: str, check: str, named: bool
+    ) -> SiteError:
+        """An HTTP error: quota is retryable, a refused request or a missing
+        image/flavor/network (`named`: the setting `check` names) is not, an outage is."""
+        if status in (403, 413) and "quota" in text.lower():
+            return QuotaExceeded(f"{where}: quota exceeded: {text}")
+        if status in (400, 404) and named:
+            what = "not found" if status == 404 else "refused"
+            return SiteError(f"{where}: {check} {what}: {text}", retryable=False)
+        if status in (400, 404):
+            return SiteError(f"{where}: refused (HTTP {status}; {check}): {text}", retryable=False)
+        if status is None or status >= 500 or status in _RETRYABLE_STATUS:
+            return SiteError(f"{where}: cloud error (HTTP {status}): {text}", retryable=True)
+        return SiteError(f"{where}: refused (HTTP {status}): {text}", retryable=False)
+
+
+__all__ = ["BUILTIN_TEMPLATE", "USER_DATA_MAX", "WORKER_IMAGE", "OpenStackSite"]
