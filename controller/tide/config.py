@@ -12,6 +12,7 @@ their modes with check_secret_file() when it starts.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import stat
 from collections.abc import Sequence
@@ -73,6 +74,19 @@ def _host_port(value: str) -> str:
             "must be host:port, e.g. cm.example.org:9618",
             {},
         )
+    return value
+
+
+def _ipv4_or_empty(value: str) -> str:
+    if value:
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise PydanticCustomError(
+                "ipv4_address",
+                "must be an IPv4 address, e.g. 192.0.2.10, or empty for every interface",
+                {},
+            ) from None
     return value
 
 
@@ -232,6 +246,35 @@ class DockerSiteConfig(_SiteBase):
         description="Container network. Host networking lets the startd be reached at the "
         "host's address without port mapping.",
     )
+    port_range_start: int = Field(
+        default=29700,
+        ge=1,
+        le=65535,
+        description="First HTCondor shared port for the site's workers: on host networking "
+        "each worker needs its own. 29700 is clear of HTCondor's 9618 and the lab's 296xx.",
+    )
+    port_range_end: int = Field(
+        default=29799,
+        ge=1,
+        le=65535,
+        description="Last shared port, inclusive. 100 ports are more workers than one engine "
+        "holds; a full range refuses the next worker until one is destroyed.",
+    )
+    bind_address: Annotated[str, AfterValidator(_ipv4_or_empty)] = Field(
+        default="",
+        description="IPv4 address the workers' daemons bind to (TIDE_BIND_ADDRESS). Empty, the "
+        "default, means every interface, so the startd is reachable from the pool.",
+    )
+
+    @model_validator(mode="after")
+    def _port_range_order(self) -> Self:
+        if self.port_range_end < self.port_range_start:
+            raise PydanticCustomError(
+                "port_range_order",
+                "port_range_end ({end}) must be >= port_range_start ({start})",
+                {"end": self.port_range_end, "start": self.port_range_start},
+            )
+        return self
 
 
 class OpenStackSiteConfig(_SiteBase):

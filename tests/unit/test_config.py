@@ -223,6 +223,32 @@ def test_backoff_max_is_at_least_backoff_base(tmp_path: Path) -> None:
     )
 
 
+def test_docker_worker_ports_are_a_range_and_the_bind_address_is_ipv4(tmp_path: Path) -> None:
+    site = load_config(_write(tmp_path, MINIMAL)).sites["local"]
+    assert isinstance(site, DockerSiteConfig)
+    assert (site.port_range_start, site.port_range_end, site.bind_address) == (29700, 29799, "")
+    one_port = MINIMAL + "    port_range_start: 29650\n    port_range_end: 29650\n"
+    one_port += "    bind_address: 127.0.0.1\n"
+    site = load_config(_write(tmp_path, one_port)).sites["local"]
+    assert isinstance(site, DockerSiteConfig)
+    assert (site.port_range_start, site.port_range_end, site.bind_address) == (
+        29650,
+        29650,
+        "127.0.0.1",
+    )
+    reversed_range = MINIMAL + "    port_range_start: 29800\n    port_range_end: 29700\n"
+    assert _errors(tmp_path, reversed_range) == (
+        "5: sites.local: port_range_end (29700) must be >= port_range_start (29800)",
+    )
+    bad = MINIMAL + "    port_range_start: 0\n    port_range_end: 65536\n    bind_address: cm\n"
+    assert _errors(tmp_path, bad) == (
+        "9: sites.local.port_range_start: Input should be greater than or equal to 1 (got 0)",
+        "10: sites.local.port_range_end: Input should be less than or equal to 65535 (got 65536)",
+        "11: sites.local.bind_address: must be an IPv4 address, e.g. 192.0.2.10, or empty for "
+        "every interface (got 'cm')",
+    )
+
+
 def test_values_are_checked_beyond_their_type(tmp_path: Path) -> None:
     text = (
         MINIMAL.replace("cm:9618", "cm").replace("cpus: 1", "cpus: 0")
