@@ -1,12 +1,26 @@
-"""The `tide` command line. For now it knows its version and its help."""
+"""The `tide` command line: run the daemon, preview a plan, show or drain resources.
+
+Exit codes: 0 done, 1 the command failed (e.g. an unknown resource), 2 a
+usage or configuration error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import socket
 import sys
+import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
 
 from tide import __version__
+from tide.config import Config, ConfigError, check_secret_file, load_config
+from tide.model import Create, Plan, State
+from tide.store import Store, StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,13 +32,188 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"tide {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", required=True, type=Path, metavar="FILE")
+        return p
+
+    run = command("run", "run the controller until SIGTERM or SIGINT")
+    run.add_argument(
+        "--owner",
+        default=os.environ.get("TIDE_OWNER") or socket.gethostname(),
+        help="this controller's name in its resources' ownership tags "
+        "(default: $TIDE_OWNER, else the host name)",
+    )
+    run.add_argument(
+        "--pool-domain",
+        default=os.environ.get("TIDE_POOL_DOMAIN"),
+        help="the pool's domain the workers join (default: $TIDE_POOL_DOMAIN; required)",
+    )
+    run.add_argument("--log-level", default="INFO")
+    command("plan", "show what the controller would do now, changing nothing")
+    command("status", "list the recorded resources by site and state")
+    drain = command("drain", "mark a resource DRAINING; a running daemon picks it up")
+    drain.add_argument("resource")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help(sys.stdout)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stdout)
+        return 0
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 2
+    commands = {"status": _status, "drain": _drain, "plan": _plan, "run": _run}
+    try:
+        return commands[args.command](config, args)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"tide: {exc}", file=sys.stderr)
+        return 1
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    lines = [header, *rows]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    with Store.open(config.loop.state_file, exclusive=False) as store:
+        resources = store.alive()
+    counts: dict[tuple[str, str], int] = {}
+    for r in resources:
+        counts[(r.site, r.state.value)] = counts.get((r.site, r.state.value), 0) + 1
+    states = [s for s in State if s is not State.GONE]
+    rows = [
+        [site, *(str(counts.get((site, s.value), 0)) for s in states)]
+        for site in sorted(set(config.sites) | {r.site for r in resources})
+    ]
+    print(_table(["SITE", *(s.value.upper() for s in states)], rows))
+    if resources:
+        print()
+        print(
+            _table(
+                ["RESOURCE", "SITE", "STATE", "SINCE"],
+                [[r.id, r.site, r.state.value, f"{r.state_since:.0f}"] for r in resources],
+            )
+        )
+    return 0
+
+
+def _drain(config: Config, args: argparse.Namespace) -> int:
+    resource: str = args.resource
+    with Store.open(config.loop.state_file, exclusive=False) as store:
+        r = store.get(resource)
+        if r is None:
+            print(f"tide: {resource}: no such resource in the store", file=sys.stderr)
+            return 1
+        store.move(resource, State.DRAINING, time.time(), "operator drain (tide drain)")
+    print(f"{resource}: draining")
+    return 0
+
+
+def _print_plan(plan: Plan) -> None:
+    rows = [
+        [
+            type(a).__name__.lower(),
+            a.site if isinstance(a, Create) else a.resource,
+            str(a.count) if isinstance(a, Create) else "1",
+            a.reason,
+        ]
+        for a in plan.actions
+    ]
+    print(_table(["ACTION", "TARGET", "COUNT", "REASON"], rows) if rows else "no action")
+    if plan.unmatched:
+        print()
+        print(
+            _table(
+                ["UNMATCHED DEMAND", "IDLE JOBS", "CPUS", "MEMORY_MB", "DISK_MB"],
+                [
+                    [d.key, str(d.idle_jobs), str(d.cpus), str(d.memory_mb), str(d.disk_mb)]
+                    for d in plan.unmatched
+                ],
+            )
+        )
+
+
+def _check_secrets(config: Config) -> None:
+    check_secret_file(config.pool.token_file)
+    for site in config.sites.values():
+        check_secret_file(site.worker_token_file)
+
+
+def _plan(config: Config, args: argparse.Namespace) -> int:
+    from tide import assemble  # noqa: PLC0415
+
+    _check_secrets(config)
+    folder = assemble.configure_htcondor(config.pool.collector, config.pool.token_file)
+    try:
+        with Store.open(config.loop.state_file, exclusive=False) as store:
+            controller = assemble.build_controller(config, store, adapters=None, metrics=None)
+            _print_plan(controller.preview())
+    finally:
+        assemble.remove_htcondor_config(folder)
+    return 0
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    from tide import assemble, logs  # noqa: PLC0415
+    from tide.loop import run_forever  # noqa: PLC0415
+    from tide.metrics import Metrics  # noqa: PLC0415
+    from tide.sites.base import PoolEndpoint, SiteError  # noqa: PLC0415
+
+    if not args.pool_domain:
+        print("tide run: --pool-domain (or $TIDE_POOL_DOMAIN) is required", file=sys.stderr)
+        return 2
+    _check_secrets(config)
+    logs.setup(args.log_level)
+    folder = assemble.configure_htcondor(config.pool.collector, config.pool.token_file)
+    try:
+        with Store.open(config.loop.state_file, exclusive=True) as store:
+            pool = PoolEndpoint(config.pool.collector, args.pool_domain)
+            try:
+                adapters = {
+                    name: assemble.build_adapter(name, site, owner=args.owner, pool=pool)
+                    for name, site in config.sites.items()
+                }
+            except SiteError as exc:
+                print(f"tide run: {exc}", file=sys.stderr)
+                return 2
+            metrics = Metrics(config.sites)
+            server = metrics.serve(config.metrics.address, config.metrics.port)
+            controller = assemble.build_controller(
+                config, store, adapters=adapters, metrics=metrics
+            )
+            stop = threading.Event()
+
+            def on_signal(signum: int, frame: FrameType | None) -> None:
+                stop.set()
+
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+            try:
+                run_forever(controller, config.loop.interval_s, stop)
+            finally:
+                if server is not None:
+                    server.shutdown()
+                    server.server_close()
+    finally:
+        assemble.remove_htcondor_config(folder)
     return 0
 
 

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
 from tide import __version__
 from tide.cli import main
+from tide.model import State
+from tide.store import Store
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -26,3 +32,121 @@ def test_unknown_option_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--bogus"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def _config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "tide.yaml"
+    path.write_text(
+        "pool:\n"
+        "  collector: cm.example.org:9618\n"
+        f"  token_file: {tmp_path}/pool.token\n"
+        "loop:\n"
+        f"  state_file: {tmp_path}/state/state.sqlite3\n"
+        "sites:\n"
+        "  local:\n"
+        "    kind: docker\n"
+        "    shape: {cpus: 2, memory_mb: 4096, disk_mb: 20000}\n"
+        f"    worker_token_file: {tmp_path}/worker.token\n" + extra
+    )
+    return path
+
+
+def test_config_errors_exit_2_with_their_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _config(tmp_path, "    bogus_key: 1\n")
+    assert main(["status", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:11: sites.local.bogus_key: unknown key" in err
+
+
+def test_status_on_an_empty_store_prints_a_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--config", str(_config(tmp_path))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "SITE",
+        "REQUESTED",
+        "BOOTING",
+        "RUNNING",
+        "DRAINING",
+        "STOPPING",
+        "FAILED",
+    ]
+    assert lines[1].split() == ["local", "0", "0", "0", "0", "0", "0"]
+
+
+def test_status_lists_resources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config(tmp_path)
+    with Store.open(tmp_path / "state" / "state.sqlite3") as store:
+        store.add("tide-local-00000001", "local", 1.0, "test")
+    assert main(["status", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "tide-local-00000001" in out
+    assert out.splitlines()[1].split() == ["local", "1", "0", "0", "0", "0", "0"]
+
+
+def test_drain_unknown_resource_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["drain", "--config", str(_config(tmp_path)), "tide-local-nope"]) == 1
+    assert "tide-local-nope: no such resource" in capsys.readouterr().err
+
+
+def test_drain_marks_a_running_resource_draining(tmp_path: Path) -> None:
+    path = _config(tmp_path)
+    rid = "tide-local-00000001"
+    with Store.open(tmp_path / "state" / "state.sqlite3") as store:
+        store.add(rid, "local", 1.0, "test")
+        store.move(rid, State.BOOTING, 2.0, "test")
+        store.move(rid, State.RUNNING, 3.0, "test")
+    assert main(["drain", "--config", str(path), rid]) == 0
+    with Store.open(tmp_path / "state" / "state.sqlite3", exclusive=False) as store:
+        r = store.get(rid)
+        assert r is not None
+        assert r.state is State.DRAINING
+
+
+def test_drain_refused_transition_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _config(tmp_path)
+    rid = "tide-local-00000001"
+    with Store.open(tmp_path / "state" / "state.sqlite3") as store:
+        store.add(rid, "local", 1.0, "test")
+    assert main(["drain", "--config", str(path), rid]) == 1
+    assert "cannot move from requested to draining" in capsys.readouterr().err
+
+
+def test_run_refuses_a_readable_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config(tmp_path)
+    for name in ("pool.token", "worker.token"):
+        (tmp_path / name).write_text("t")
+        (tmp_path / name).chmod(0o644)
+    code = main(["run", "--config", str(path), "--pool-domain", "pool.example.org"])
+    assert code == 2
+    assert "pool.token: mode 0644" in capsys.readouterr().err
+
+
+def test_configure_htcondor_writes_a_private_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tide import assemble  # noqa: PLC0415
+
+    monkeypatch.delitem(sys.modules, "htcondor2", raising=False)  # no reload of a real one
+    monkeypatch.setenv("CONDOR_CONFIG", "/nonexistent")
+    token = tmp_path / "pool.token"
+    token.write_text("secret-token")
+    folder = assemble.configure_htcondor("cm.example.org:9618", token)
+    try:
+        assert folder.stat().st_mode & 0o777 == 0o700
+        copy = folder / "tokens.d" / "pool.token"
+        assert copy.read_text() == "secret-token"
+        assert copy.stat().st_mode & 0o777 == 0o600
+        config = Path(os.environ["CONDOR_CONFIG"])
+        text = config.read_text()
+        assert "COLLECTOR_HOST = cm.example.org:9618" in text
+        assert "SEC_CLIENT_AUTHENTICATION_METHODS = IDTOKENS" in text
+        assert f"SEC_TOKEN_DIRECTORY = {folder / 'tokens.d'}" in text
+    finally:
+        assemble.remove_htcondor_config(folder)
+    assert not folder.exists()

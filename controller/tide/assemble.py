@@ -1,0 +1,147 @@
+"""Build a running controller from a Config: the pool client's configuration,
+the sites' adapters, the demand source and the slot observer.
+
+htcondor2 reads CONDOR_CONFIG when first imported, so `configure_htcondor`
+must run before anything imports it (tide.demand, tide.loop.CollectorSlots);
+those modules are imported here lazily for that reason, as are the Docker
+and OpenStack client libraries (a site kind not configured is never loaded).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from tide.config import Config, DockerSiteConfig, OpenStackSiteConfig, SiteConfig, site_model
+from tide.loop import CollectorSlots, Controller, DemandSource
+from tide.metrics import Metrics
+from tide.model import Demand, Site
+from tide.sites.base import Owned, PoolEndpoint, SiteAdapter
+from tide.store import Store, new_resource_id, random_suffix
+
+
+def configure_htcondor(collector: str, token_file: Path) -> Path:
+    """Point htcondor2 at a private configuration (a 0700 temporary folder)
+    that authenticates with exactly the pool token (copied 0600) by IDTOKENS.
+    Returns the folder; the caller removes it when done."""
+    folder = Path(tempfile.mkdtemp(prefix="tide-condor-"))  # mkdtemp makes it 0700
+    tokens = folder / "tokens.d"
+    tokens.mkdir(mode=0o700)
+    copy = tokens / "pool.token"
+    fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(token_file.read_text(encoding="utf-8"))
+    config = folder / "condor_config"
+    config.write_text(
+        f"COLLECTOR_HOST = {collector}\n"
+        f"SEC_TOKEN_DIRECTORY = {tokens}\n"
+        "SEC_CLIENT_AUTHENTICATION_METHODS = IDTOKENS\n"
+        "SEC_DEFAULT_ENCRYPTION = REQUIRED\n"
+        "SEC_DEFAULT_INTEGRITY = REQUIRED\n",
+        encoding="utf-8",
+    )
+    config.chmod(0o600)
+    os.environ["CONDOR_CONFIG"] = str(config)
+    if "htcondor2" in sys.modules:  # imported before: make it read the new file
+        sys.modules["htcondor2"].reload_config()
+    return folder
+
+
+def remove_htcondor_config(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def build_adapter(name: str, site: SiteConfig, *, owner: str, pool: PoolEndpoint) -> SiteAdapter:
+    """The adapter of one configured site. Raises SiteError for a bad site."""
+    if isinstance(site, DockerSiteConfig):
+        import docker  # noqa: PLC0415
+
+        from tide.sites.docker import DockerSite  # noqa: PLC0415
+
+        client = docker.DockerClient(base_url=site.engine_url)
+        return DockerSite(
+            name,
+            site,
+            client=client,
+            owner=owner,
+            pool=pool,
+            worker_token_file=site.worker_token_file,
+        )
+    assert isinstance(site, OpenStackSiteConfig)
+    import openstack  # noqa: PLC0415
+
+    from tide.sites.openstack import OpenStackSite  # noqa: PLC0415
+
+    return OpenStackSite(
+        name,
+        site,
+        conn=openstack.connect(cloud=site.cloud),
+        owner=owner,
+        pool=pool,
+        worker_token=site.worker_token_file.read_text(encoding="utf-8"),
+    )
+
+
+class ReadOnlySite:
+    """A stand-in adapter for `tide plan`: it lists nothing and refuses to act."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def create(self, resource_id: str) -> Mapping[str, str]:
+        raise RuntimeError(f"site {self.name}: read-only, create refused")
+
+    def list_owned(self) -> list[Owned]:
+        return []
+
+    def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
+        raise RuntimeError(f"site {self.name}: read-only, destroy refused")
+
+
+def demand_source(config: Config) -> DemandSource:
+    """Demand from the pool's schedds, matched against every site's prototype;
+    complete only if no schedd failed (a collector failure raises)."""
+    from tide.demand import PoolDemandReader, demand_from, prototype  # noqa: PLC0415
+
+    prototypes = {}
+    for name, site in config.sites.items():
+        shape = site_model(name, site).shape
+        prototypes[name] = (shape, prototype(name, shape, site.attributes))
+    reader = PoolDemandReader(config.pool.collector, config.pool.schedds)
+
+    def read() -> tuple[tuple[Demand, ...], bool]:
+        demand = demand_from(reader.autoclusters(), prototypes)
+        return demand, not reader.failed_schedds
+
+    return read
+
+
+def build_controller(
+    config: Config,
+    store: Store,
+    *,
+    adapters: Mapping[str, SiteAdapter] | None,
+    metrics: Metrics | None,
+) -> Controller:
+    """The controller of `config`; adapters None builds a read-only one (`tide plan`)."""
+    sites: dict[str, tuple[Site, SiteAdapter]] = {
+        name: (
+            site_model(name, cfg),
+            ReadOnlySite(name) if adapters is None else adapters[name],
+        )
+        for name, cfg in config.sites.items()
+    }
+    return Controller(
+        sites=sites,
+        store=store,
+        demand=demand_source(config),
+        slots=CollectorSlots(config.pool.collector),
+        metrics=metrics,
+        clock=time.time,
+        new_id=lambda site: new_resource_id(site, random_suffix()),
+    )

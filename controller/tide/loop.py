@@ -1,0 +1,496 @@
+"""The control loop: observe -> decide -> act -> record, one cycle at a time.
+
+All I/O sits behind small injected interfaces (the sites' adapters, the
+store, a demand callable, a `Slots` observer, a clock and an id maker), so a
+cycle runs in a unit test without a pool, a cloud or a real clock.
+
+Write-ahead: a resource is recorded REQUESTED before its site's create call
+and STOPPING before its destroy call, so after a crash the store names every
+resource that may exist at a site (see tide.store).
+
+SAFETY: the policy scales down what it believes is idle. If the demand is
+incomplete (a schedd or the collector did not answer) or the slots are
+unknown (the collector query failed), what looks idle may be busy or needed.
+In that case every Drain, and every Destroy other than that of a boot past
+its boot timeout, is dropped from the plan: an outage of the pool's daemons
+must never make the controller kill live resources. Scale-up, undrain and
+boot-timeout destroys still happen.
+
+Isolation: every call to a site is wrapped; an exception from one site is
+logged and counted, and never stops the other sites or the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from tide.logs import event
+from tide.metrics import Metrics
+from tide.model import (
+    Action,
+    Create,
+    Demand,
+    Destroy,
+    Drain,
+    Plan,
+    Resource,
+    Site,
+    SiteHealth,
+    Snapshot,
+    State,
+    Undrain,
+)
+from tide.policy import decide
+from tide.sites.base import SiteAdapter
+from tide.store import Store, StoreError
+
+log = logging.getLogger("tide.loop")
+
+RESOURCE_ID_ATTR = "TideResourceId"
+SLOT_CONSTRAINT = f"{RESOURCE_ID_ATTR} =!= undefined"
+SLOT_PROJECTION = [RESOURCE_ID_ATTR, "SlotType", "State", "Activity"]
+_BOOTS = frozenset({State.REQUESTED, State.BOOTING})
+_LIVE = frozenset({State.RUNNING, State.DRAINING})
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """What the collector says about one resource's startd."""
+
+    advertised: bool
+    claimed_slots: int
+
+
+class Slots(Protocol):
+    """Observes the pool's slots. Raises if the pool cannot be asked."""
+
+    def observe(self) -> Mapping[str, SlotState]:
+        """Slot state by TideResourceId, for every resource with an ad."""
+        ...
+
+
+def slots_from_ads(ads: Any) -> dict[str, SlotState]:
+    """Startd ads (anything with .get) -> SlotState per TideResourceId: a resource
+    is advertised if any ad names it; its claimed slots are its ads in State
+    "Claimed" (the dynamic slots running jobs)."""
+    out: dict[str, SlotState] = {}
+    for ad in ads:
+        rid = ad.get(RESOURCE_ID_ATTR)
+        if not isinstance(rid, str) or not rid:
+            continue
+        claimed = 1 if ad.get("State") == "Claimed" else 0
+        old = out.get(rid)
+        out[rid] = SlotState(True, claimed + (old.claimed_slots if old else 0))
+    return out
+
+
+class CollectorSlots:
+    """Slots as the pool's collector reports them (htcondor2, imported lazily
+    so the daemon can point CONDOR_CONFIG at its own configuration first)."""
+
+    def __init__(self, collector: str) -> None:
+        import htcondor2  # noqa: PLC0415
+
+        self._htcondor = htcondor2
+        self._collector = htcondor2.Collector(collector)
+
+    def observe(self) -> Mapping[str, SlotState]:
+        ads = self._collector.query(
+            self._htcondor.AdTypes.Startd,
+            constraint=SLOT_CONSTRAINT,
+            projection=list(SLOT_PROJECTION),
+        )
+        return slots_from_ads(ads)
+
+
+DemandSource = Callable[[], tuple[tuple[Demand, ...], bool]]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One cycle's view of the world, and how far it can be trusted."""
+
+    snapshot: Snapshot
+    demand_complete: bool
+    slots_known: bool
+    stale: tuple[Resource, ...]  # STOPPING and FAILED resources still to destroy
+
+    @property
+    def safe_to_scale_down(self) -> bool:
+        return self.demand_complete and self.slots_known
+
+
+class Controller:
+    """One controller: `reconcile()` at start (and now and then), `cycle()` each interval."""
+
+    def __init__(
+        self,
+        *,
+        sites: Mapping[str, tuple[Site, SiteAdapter]],
+        store: Store,
+        demand: DemandSource,
+        slots: Slots,
+        metrics: Metrics | None,
+        clock: Callable[[], float],
+        new_id: Callable[[str], str],
+    ) -> None:
+        self._sites = dict(sites)
+        self._store = store
+        self._demand = demand
+        self._slots = slots
+        self._metrics = metrics
+        self._clock = clock
+        self._new_id = new_id
+        self._health: dict[str, SiteHealth] = {}
+        self._idle_since: dict[str, float] = {}
+        self._last_slots: Mapping[str, SlotState] = {}
+        self._unreconciled: set[str] = set(self._sites)
+
+    @property
+    def reconcile_pending(self) -> bool:
+        """Whether a site could not be reconciled yet (its list_owned failed)."""
+        return bool(self._unreconciled)
+
+    def health(self, site: str) -> SiteHealth:
+        return self._health.get(site, SiteHealth())
+
+    # --- reconcile ------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Align the store with what each site lists: recorded resources the
+        site no longer lists are GONE; resources the site lists that the store
+        does not hold alive (orphans, e.g. from a crash before the store write
+        of an older Tide) are destroyed. A site whose listing fails is skipped
+        and stays pending for the next call."""
+        now = self._clock()
+        for name, (_site, adapter) in sorted(self._sites.items()):
+            try:
+                owned = adapter.list_owned()
+            except Exception as exc:
+                event(
+                    log,
+                    "reconcile skipped: list failed",
+                    level=logging.WARNING,
+                    site=name,
+                    error=str(exc),
+                )
+                self._count_failure(name, "list")
+                self._unreconciled.add(name)
+                continue
+            listed = {o.resource_id: o for o in owned}
+            for r in self._store.alive(name):
+                if r.id not in listed:
+                    self._store.move(r.id, State.GONE, now, "vanished: the site no longer lists it")
+                    self._idle_since.pop(r.id, None)
+                    event(log, "vanished", site=name, resource=r.id, was=r.state.value)
+            alive = {r.id for r in self._store.alive(name)}
+            for rid, o in sorted(listed.items()):
+                if rid in alive:
+                    continue
+                event(
+                    log,
+                    "orphan: destroying",
+                    level=logging.WARNING,
+                    site=name,
+                    resource=rid,
+                    status=o.status,
+                )
+                try:
+                    adapter.destroy(rid, dict(o.details))
+                except Exception as exc:
+                    event(
+                        log,
+                        "orphan destroy failed",
+                        level=logging.WARNING,
+                        site=name,
+                        resource=rid,
+                        error=str(exc),
+                    )
+                    self._count_failure(name, "destroy")
+            self._unreconciled.discard(name)
+
+    # --- one cycle ------------------------------------------------------
+
+    def observe(self, now: float, *, write: bool = True) -> Observation:
+        """Read demand, slots and the store into a Snapshot. With `write`,
+        BOOTING resources whose slot is advertised move to RUNNING in the store;
+        without (`tide plan`), only the snapshot shows them RUNNING."""
+        try:
+            demand, complete = self._demand()
+        except Exception as exc:
+            event(log, "demand unknown", level=logging.WARNING, error=str(exc))
+            demand, complete = (), False
+        try:
+            slots = self._slots.observe()
+            slots_known = True
+            self._last_slots = slots
+        except Exception as exc:
+            event(
+                log,
+                "slots unknown: no scale-down this cycle",
+                level=logging.WARNING,
+                error=str(exc),
+            )
+            slots, slots_known = self._last_slots, False
+
+        resources: list[Resource] = []
+        stale: list[Resource] = []
+        seen: set[str] = set()
+        for stored in self._store.alive():
+            seen.add(stored.id)
+            if stored.state in (State.STOPPING, State.FAILED):
+                stale.append(stored)
+            else:
+                resources.append(self._observed(stored, slots, slots_known, now, write))
+        for rid in set(self._idle_since) - seen:
+            del self._idle_since[rid]
+        snapshot = Snapshot(
+            now=now,
+            sites={name: site for name, (site, _adapter) in self._sites.items()},
+            demand=tuple(demand),
+            resources=tuple(resources),
+            health={name: self.health(name) for name in self._sites},
+        )
+        return Observation(snapshot, complete, slots_known, tuple(stale))
+
+    def _observed(
+        self,
+        r: Resource,
+        slots: Mapping[str, SlotState],
+        slots_known: bool,
+        now: float,
+        write: bool,
+    ) -> Resource:
+        """One recorded resource with what the pool says about it; idle_since is
+        when it was first seen with no claimed slot (unchanged while slots are unknown)."""
+        slot = slots.get(r.id, SlotState(advertised=False, claimed_slots=0))
+        if r.state is State.BOOTING and slot.advertised:
+            if write:
+                r = self._store.move(r.id, State.RUNNING, now, "slot advertised")
+                event(log, "running", site=r.site, resource=r.id)
+            else:
+                r = replace(r, state=State.RUNNING, state_since=now)
+        idle_since: float | None = None
+        if r.state in _LIVE:
+            if not slots_known:
+                idle_since = self._idle_since.get(r.id)
+            elif slot.claimed_slots > 0:
+                self._idle_since.pop(r.id, None)
+            else:
+                idle_since = self._idle_since.setdefault(r.id, now)
+        return replace(
+            r, advertised=slot.advertised, claimed_slots=slot.claimed_slots, idle_since=idle_since
+        )
+
+    def preview(self) -> Plan:
+        """The plan a cycle would act on now; changes nothing (for `tide plan`)."""
+        obs = self.observe(self._clock(), write=False)
+        return self.safe(obs, decide(obs.snapshot))
+
+    def safe(self, obs: Observation, plan: Plan) -> Plan:
+        """The plan without its scale-down, when the observation cannot be trusted
+        (see SAFETY in the module's docstring)."""
+        if obs.safe_to_scale_down:
+            return plan
+        by_id = {r.id: r for r in obs.snapshot.resources}
+        kept: list[Action] = []
+        for action in plan.actions:
+            if isinstance(action, Drain):
+                continue
+            if isinstance(action, Destroy) and not self._boot_timed_out(
+                by_id.get(action.resource), obs.snapshot.now
+            ):
+                continue
+            kept.append(action)
+        dropped = len(plan.actions) - len(kept)
+        if dropped:
+            event(
+                log,
+                "scale-down withheld: demand or slots unknown",
+                level=logging.WARNING,
+                dropped=dropped,
+                demand_complete=obs.demand_complete,
+                slots_known=obs.slots_known,
+            )
+        return Plan(tuple(kept), plan.unmatched)
+
+    def _boot_timed_out(self, r: Resource | None, now: float) -> bool:
+        if r is None or r.state not in _BOOTS or r.advertised:
+            return False
+        entry = self._sites.get(r.site)
+        return entry is not None and now - r.state_since >= entry[0].limits.boot_timeout_s
+
+    def cycle(self) -> Plan:
+        """Observe, decide, act and record once; returns the plan acted on."""
+        if self._metrics is None:
+            return self._cycle()
+        with self._metrics.time_loop():
+            return self._cycle()
+
+    def _cycle(self) -> Plan:
+        now = self._clock()
+        obs = self.observe(now)
+        plan = self.safe(obs, decide(obs.snapshot))
+        for r in obs.stale:  # destroys that failed before, and failed creates
+            self._destroy(r.id, r.site, now, "retry: still to destroy")
+        for action in plan.actions:
+            self._act(action, now)
+        if self._metrics is not None:
+            site_of = {r.id: r.site for r in obs.snapshot.resources}
+            self._metrics.observe_demand(obs.snapshot.demand)
+            self._metrics.count_plan(plan, site_of)
+            self._metrics.observe_resources(self._store.alive())
+        return plan
+
+    # --- acting ---------------------------------------------------------
+
+    def _act(self, action: Action, now: float) -> None:
+        if isinstance(action, Create):
+            self._create(action, now)
+            return
+        r = self._store.get(action.resource)
+        if r is None:
+            event(
+                log,
+                "action on unknown resource skipped",
+                level=logging.WARNING,
+                resource=action.resource,
+            )
+            return
+        if isinstance(action, Destroy):
+            self._destroy(r.id, r.site, now, action.reason)
+        elif isinstance(action, Drain):
+            # TODO: the startd is not told to drain yet (condor_drain via the
+            # collector's startd ad is a follow-up). The policy drains only
+            # idle resources, so a drained one is destroyed while still idle
+            # on a later cycle; a job that starts there meanwhile is killed.
+            self._move(r.id, State.DRAINING, now, action.reason)
+        elif isinstance(action, Undrain):
+            self._move(r.id, State.RUNNING, now, action.reason)
+
+    def _move(self, rid: str, to: State, now: float, reason: str) -> bool:
+        try:
+            self._store.move(rid, to, now, reason)
+        except StoreError as exc:
+            event(
+                log,
+                "move refused",
+                level=logging.WARNING,
+                resource=rid,
+                to=to.value,
+                error=str(exc),
+            )
+            return False
+        event(log, to.value, resource=rid, reason=reason)
+        return True
+
+    def _create(self, action: Create, now: float) -> None:
+        entry = self._sites.get(action.site)
+        if entry is None:
+            return
+        adapter = entry[1]
+        for _ in range(action.count):
+            rid = self._new_id(action.site)
+            try:
+                self._store.add(rid, action.site, now, action.reason)
+            except StoreError as exc:
+                event(
+                    log,
+                    "create skipped: store refused",
+                    level=logging.ERROR,
+                    site=action.site,
+                    resource=rid,
+                    error=str(exc),
+                )
+                return
+            try:
+                details = adapter.create(rid)
+            except Exception as exc:
+                self._store.move(rid, State.FAILED, now, f"create failed: {exc}")
+                self._count_failure(action.site, "create")
+                old = self.health(action.site)
+                self._health[action.site] = SiteHealth(old.consecutive_failures + 1, now)
+                event(
+                    log,
+                    "create failed",
+                    level=logging.WARNING,
+                    site=action.site,
+                    resource=rid,
+                    error=str(exc),
+                    failures=old.consecutive_failures + 1,
+                )
+                return  # no more creates at this site this cycle
+            for key, val in details.items():
+                self._store.set_detail(rid, key, val)
+            self._store.move(rid, State.BOOTING, now, "created")
+            self._health.pop(action.site, None)
+            event(log, "created", site=action.site, resource=rid)
+
+    def _destroy(self, rid: str, site: str, now: float, reason: str) -> None:
+        if not self._move(rid, State.STOPPING, now, reason):
+            return
+        entry = self._sites.get(site)
+        if entry is None:
+            event(
+                log,
+                "destroy postponed: site not configured",
+                level=logging.WARNING,
+                site=site,
+                resource=rid,
+            )
+            return
+        details = {k: str(v) for k, v in self._store.detail(rid).items() if v is not None}
+        try:
+            entry[1].destroy(rid, details)
+        except Exception as exc:
+            self._count_failure(site, "destroy")
+            event(
+                log,
+                "destroy failed: retried next cycle",
+                level=logging.WARNING,
+                site=site,
+                resource=rid,
+                error=str(exc),
+            )
+            return
+        self._store.move(rid, State.GONE, now, "destroyed")
+        self._idle_since.pop(rid, None)
+        event(log, "destroyed", site=site, resource=rid)
+
+    def _count_failure(self, site: str, operation: str) -> None:
+        if self._metrics is not None:
+            self._metrics.count_failure(site, operation)
+
+
+def run_forever(
+    controller: Controller,
+    interval_s: float,
+    stop: threading.Event,
+    *,
+    reconcile_every: int = 30,
+) -> None:
+    """Reconcile, then cycle every `interval_s` until `stop` is set. A failed
+    reconcile is retried every cycle until it succeeds; a full reconcile also
+    runs every `reconcile_every` cycles. A cycle that raises is logged and the
+    loop goes on."""
+    cycles = 0
+    pending = True
+    while not stop.is_set():
+        started = time.monotonic()
+        if pending or controller.reconcile_pending or (cycles and cycles % reconcile_every == 0):
+            try:
+                controller.reconcile()
+                pending = False
+            except Exception:
+                log.exception("reconcile failed")
+        try:
+            controller.cycle()
+        except Exception:
+            log.exception("cycle failed")
+        cycles += 1
+        stop.wait(max(0.0, interval_s - (time.monotonic() - started)))

@@ -1,0 +1,387 @@
+"""The control loop, one cycle at a time, with test doubles for every I/O edge
+(a real Store in tmp_path)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from tide.loop import Controller, SlotState, run_forever, slots_from_ads
+from tide.metrics import Metrics
+from tide.model import (
+    Demand,
+    Destroy,
+    Drain,
+    Shape,
+    Site,
+    SiteLimits,
+    State,
+)
+from tide.sites.base import Owned, SiteError
+from tide.store import Store
+
+LIMITS = SiteLimits(
+    max_resources=4,
+    max_booting=2,
+    boot_timeout_s=100.0,
+    idle_timeout_s=50.0,
+    backoff_base_s=30.0,
+    backoff_max_s=300.0,
+)
+
+
+class FakeSite:
+    """Test double of tide.sites.base.SiteAdapter: records calls, keeps the
+    resources it "created" in `owned`, and fails on demand. `on_create` runs
+    inside create, before it succeeds or fails (to check what the store holds)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.owned: dict[str, Owned] = {}
+        self.created: list[str] = []
+        self.destroyed: list[str] = []
+        self.fail_create: Exception | None = None
+        self.fail_destroy: Exception | None = None
+        self.fail_list: Exception | None = None
+        self.on_create: list[str] = []  # resource ids seen in the store when create ran
+        self.store: Store | None = None
+
+    def create(self, resource_id: str) -> Mapping[str, str]:
+        if self.store is not None and self.store.get(resource_id) is not None:
+            self.on_create.append(resource_id)
+        self.created.append(resource_id)
+        if self.fail_create is not None:
+            raise self.fail_create
+        details = {"server_id": f"srv-{resource_id}"}
+        self.owned[resource_id] = Owned(resource_id, "ACTIVE", details)
+        return details
+
+    def list_owned(self) -> list[Owned]:
+        if self.fail_list is not None:
+            raise self.fail_list
+        return list(self.owned.values())
+
+    def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
+        self.destroyed.append(resource_id)
+        if self.fail_destroy is not None:
+            raise self.fail_destroy
+        self.owned.pop(resource_id, None)
+
+
+class FakeSlots:
+    """Test double of tide.loop.Slots: returns `slots`, or raises `fail`."""
+
+    def __init__(self) -> None:
+        self.slots: dict[str, SlotState] = {}
+        self.fail: Exception | None = None
+
+    def observe(self) -> Mapping[str, SlotState]:
+        if self.fail is not None:
+            raise self.fail
+        return dict(self.slots)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class World:
+    """A controller over fake sites "a" and "b", a real store and a fake clock."""
+
+    def __init__(self, store: Store, sites: tuple[str, ...] = ("a",)) -> None:
+        self.store = store
+        self.clock = Clock()
+        self.slots = FakeSlots()
+        self.demand: tuple[Demand, ...] = ()
+        self.complete = True
+        self.sites = {name: FakeSite(name) for name in sites}
+        for site in self.sites.values():
+            site.store = store
+        self.counter = 0
+        self.metrics = Metrics(sites)
+        self.controller = Controller(
+            sites={
+                name: (Site(name, Shape(4, 8192, 10000), LIMITS), site)
+                for name, site in self.sites.items()
+            },
+            store=store,
+            demand=lambda: (self.demand, self.complete),
+            slots=self.slots,
+            metrics=self.metrics,
+            clock=self.clock,
+            new_id=self._new_id,
+        )
+
+    def _new_id(self, site: str) -> str:
+        self.counter += 1
+        return f"tide-{site}-{self.counter:08x}"
+
+    def want(self, jobs: int, sites: tuple[str, ...] = ("a",)) -> None:
+        self.demand = (Demand("s#1", jobs, 4, 8192, 100, sites),)
+
+    def states(self) -> dict[str, State]:
+        return {r.id: r.state for r in self.store.all()}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(tmp_path / "state.sqlite3") as s:
+        yield s
+
+
+def running_world(store: Store, idle: bool = True) -> tuple[World, str]:
+    """One resource at site a, RUNNING, with no claimed slot if idle."""
+    w = World(store)
+    w.want(1)
+    w.controller.cycle()
+    (rid,) = w.sites["a"].created
+    w.slots.slots[rid] = SlotState(True, 0 if idle else 1)
+    w.demand = ()
+    w.clock.now += 1
+    w.controller.cycle()
+    assert w.states()[rid] is State.RUNNING
+    assert w.sites["a"].created == [rid]
+    return w, rid
+
+
+def test_scale_up_records_requested_before_create(store: Store) -> None:
+    w = World(store)
+    w.want(2)
+    plan = w.controller.cycle()
+    site = w.sites["a"]
+    assert len(site.created) == 2
+    assert site.on_create == site.created  # the store held each id when create ran
+    for rid in site.created:
+        assert store.get(rid) is not None
+        assert w.states()[rid] is State.BOOTING
+        assert [t.to_state for t in store.history(rid)] == [State.REQUESTED, State.BOOTING]
+        assert store.detail(rid) == {"server_id": f"srv-{rid}"}
+    assert plan.actions[0].__class__.__name__ == "Create"
+
+
+def test_failed_create_marks_failed_and_backs_off(store: Store) -> None:
+    w = World(store)
+    site = w.sites["a"]
+    site.fail_create = SiteError("quota", retryable=True)
+    w.want(2)
+    w.controller.cycle()
+    assert len(site.created) == 1  # stopped creating at that site this cycle
+    rid = site.created[0]
+    assert w.states()[rid] is State.FAILED
+    assert w.controller.health("a").consecutive_failures == 1
+    site.fail_create = None
+
+    w.clock.now += 10  # inside the 30 s backoff
+    w.controller.cycle()
+    assert len(site.created) == 1
+    # the failed one is cleaned up at the site: FAILED -> STOPPING -> GONE
+    assert w.states()[rid] is State.GONE
+    assert State.FAILED in [t.to_state for t in store.history(rid)]
+
+    w.clock.now += 30  # backoff over
+    w.controller.cycle()
+    assert len(site.created) == 3
+    assert w.controller.health("a").consecutive_failures == 0
+
+
+def test_booting_becomes_running_when_advertised(store: Store) -> None:
+    w = World(store)
+    w.want(1)
+    w.controller.cycle()
+    (rid,) = w.sites["a"].created
+    w.controller.cycle()
+    assert w.states()[rid] is State.BOOTING
+    w.slots.slots[rid] = SlotState(True, 0)  # idle: it serves the one idle job
+    w.controller.cycle()
+    assert w.states()[rid] is State.RUNNING
+    assert len(w.sites["a"].created) == 1
+
+
+def test_idle_past_timeout_is_drained_then_destroyed(store: Store) -> None:
+    w, rid = running_world(store)
+    w.clock.now += 10
+    plan = w.controller.cycle()
+    assert not plan.actions  # idle, but not for the idle timeout yet
+    w.clock.now += 60
+    plan = w.controller.cycle()
+    assert [type(a) for a in plan.actions] == [Drain]
+    assert w.states()[rid] is State.DRAINING
+    w.clock.now += 1
+    plan = w.controller.cycle()
+    assert [type(a) for a in plan.actions] == [Destroy]
+    assert w.states()[rid] is State.GONE
+    assert w.sites["a"].destroyed == [rid]
+
+
+def test_busy_resource_is_not_drained(store: Store) -> None:
+    w, rid = running_world(store, idle=False)
+    w.clock.now += 1000
+    assert not w.controller.cycle().actions
+    assert w.states()[rid] is State.RUNNING
+
+
+def test_stopping_is_retried_after_a_failed_destroy(store: Store) -> None:
+    w, rid = running_world(store)
+    site = w.sites["a"]
+    site.fail_destroy = SiteError("api down", retryable=True)
+    w.clock.now += 100
+    w.controller.cycle()  # drain
+    w.controller.cycle()  # destroy fails
+    assert w.states()[rid] is State.STOPPING
+    w.controller.cycle()  # retried, fails again
+    assert site.destroyed == [rid, rid]
+    assert w.states()[rid] is State.STOPPING
+    site.fail_destroy = None
+    w.controller.cycle()
+    assert w.states()[rid] is State.GONE
+    assert site.destroyed == [rid, rid, rid]
+
+
+@pytest.mark.parametrize("outage", ["demand", "slots", "demand-raises"])
+def test_no_scale_down_of_running_when_blind(store: Store, outage: str) -> None:
+    w, rid = running_world(store)
+    w.clock.now += 100
+    if outage == "demand":
+        w.complete = False
+    elif outage == "slots":
+        w.slots.fail = RuntimeError("collector down")
+    else:
+
+        def broken() -> tuple[tuple[Demand, ...], bool]:
+            raise RuntimeError("collector down")
+
+        w.controller._demand = broken
+    for _ in range(3):
+        plan = w.controller.cycle()
+        assert not [a for a in plan.actions if isinstance(a, Drain | Destroy)]
+        w.clock.now += 100
+    assert w.states()[rid] is State.RUNNING
+    assert not w.sites["a"].destroyed
+
+
+def test_draining_is_not_destroyed_when_slots_unknown(store: Store) -> None:
+    w, rid = running_world(store)
+    w.clock.now += 100
+    w.controller.cycle()
+    assert w.states()[rid] is State.DRAINING
+    w.slots.fail = RuntimeError("collector down")
+    w.controller.cycle()
+    assert w.states()[rid] is State.DRAINING
+    w.slots.fail = None
+    w.controller.cycle()
+    assert w.states()[rid] is State.GONE
+
+
+def test_boot_timeout_destroy_stays_when_slots_unknown(store: Store) -> None:
+    w = World(store)
+    w.want(1)
+    w.controller.cycle()
+    (rid,) = w.sites["a"].created
+    w.slots.fail = RuntimeError("collector down")
+    w.clock.now += LIMITS.boot_timeout_s + 1
+    w.controller.cycle()
+    assert rid in w.sites["a"].destroyed
+    assert w.states()[rid] is State.GONE
+
+
+def test_reconcile_vanished_and_orphans(store: Store) -> None:
+    w = World(store)
+    site = w.sites["a"]
+    store.add("tide-a-00000001", "a", 1.0, "test")
+    store.move("tide-a-00000001", State.BOOTING, 2.0, "test")
+    site.owned["tide-a-99999999"] = Owned("tide-a-99999999", "ACTIVE", {"server_id": "x"})
+    w.controller.reconcile()
+    assert w.states()["tide-a-00000001"] is State.GONE
+    assert store.history("tide-a-00000001")[-1].reason.startswith("vanished")
+    assert site.destroyed == ["tide-a-99999999"]
+    assert store.get("tide-a-99999999") is None  # an orphan is not recorded
+
+
+def test_reconcile_keeps_listed_resources(store: Store) -> None:
+    w = World(store)
+    w.want(1)
+    w.controller.cycle()
+    (rid,) = w.sites["a"].created
+    w.controller.reconcile()
+    assert w.states()[rid] is State.BOOTING
+    assert not w.sites["a"].destroyed
+
+
+def test_reconcile_retries_a_site_whose_list_failed(store: Store) -> None:
+    w = World(store, ("a", "b"))
+    store.add("tide-a-00000001", "a", 1.0, "test")
+    store.add("tide-b-00000001", "b", 1.0, "test")
+    w.sites["a"].fail_list = SiteError("down", retryable=True)
+    w.controller.reconcile()
+    assert w.controller.reconcile_pending
+    assert w.states()["tide-a-00000001"] is State.REQUESTED  # skipped, not guessed
+    assert w.states()["tide-b-00000001"] is State.GONE
+    w.sites["a"].fail_list = None
+    w.controller.reconcile()
+    assert not w.controller.reconcile_pending
+    assert w.states()["tide-a-00000001"] is State.GONE
+
+
+def test_one_site_raising_does_not_stop_another(store: Store) -> None:
+    w = World(store, ("a", "b"))
+    w.sites["a"].fail_create = RuntimeError("bug in adapter a")
+    w.demand = (
+        Demand("s#1", 1, 4, 8192, 100, ("a",)),
+        Demand("s#2", 1, 4, 8192, 100, ("b",)),
+    )
+    w.controller.cycle()
+    assert len(w.sites["b"].created) == 1
+    assert w.states()[w.sites["b"].created[0]] is State.BOOTING
+    assert w.states()[w.sites["a"].created[0]] is State.FAILED
+    failures = w.metrics.site_failures.labels(site="a", operation="create")._value.get()
+    assert failures == 1
+
+
+def test_slots_from_ads_counts_claimed_dynamic_slots() -> None:
+    ads = [
+        {"TideResourceId": "r1", "SlotType": "Partitionable", "State": "Unclaimed"},
+        {"TideResourceId": "r1", "SlotType": "Dynamic", "State": "Claimed"},
+        {"TideResourceId": "r1", "SlotType": "Dynamic", "State": "Claimed"},
+        {"TideResourceId": "r2", "SlotType": "Partitionable", "State": "Unclaimed"},
+        {"SlotType": "Partitionable", "State": "Claimed"},
+    ]
+    assert slots_from_ads(ads) == {"r1": SlotState(True, 2), "r2": SlotState(True, 0)}
+
+
+def test_run_forever_survives_a_failing_cycle(store: Store) -> None:
+    w = World(store)
+    stop = threading.Event()
+    calls: list[str] = []
+    real_cycle = w.controller.cycle
+
+    def cycle() -> object:
+        calls.append("cycle")
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        if len(calls) >= 3:
+            stop.set()
+        return real_cycle()
+
+    w.controller.cycle = cycle  # type: ignore[method-assign,assignment]
+    run_forever(w.controller, 0.0, stop)
+    assert len(calls) == 3
+
+
+def test_preview_changes_nothing(store: Store) -> None:
+    w = World(store)
+    w.want(1)
+    w.controller.cycle()
+    (rid,) = w.sites["a"].created
+    w.slots.slots[rid] = SlotState(True, 0)
+    w.want(3)
+    plan = w.controller.preview()
+    assert [type(a).__name__ for a in plan.actions] == ["Create"]
+    assert w.sites["a"].created == [rid]  # no create called
+    assert w.states() == {rid: State.BOOTING}  # not even the move to RUNNING
