@@ -7,7 +7,6 @@ usage or configuration error.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import socket
 import sys
@@ -40,17 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     run = command("run", "run the controller until SIGTERM or SIGINT")
-    run.add_argument(
-        "--owner",
-        default=os.environ.get("TIDE_OWNER") or socket.gethostname(),
-        help="this controller's name in its resources' ownership tags "
-        "(default: $TIDE_OWNER, else the host name)",
-    )
-    run.add_argument(
-        "--pool-domain",
-        default=os.environ.get("TIDE_POOL_DOMAIN"),
-        help="the pool's domain the workers join (default: $TIDE_POOL_DOMAIN; required)",
-    )
     run.add_argument("--log-level", default="INFO")
     command("plan", "show what the controller would do now, changing nothing")
     command("status", "list the recorded resources by site and state")
@@ -177,18 +165,16 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     from tide.metrics import Metrics  # noqa: PLC0415
     from tide.sites.base import PoolEndpoint, SiteError  # noqa: PLC0415
 
-    if not args.pool_domain:
-        print("tide run: --pool-domain (or $TIDE_POOL_DOMAIN) is required", file=sys.stderr)
-        return 2
     _check_secrets(config)
     logs.setup(args.log_level)
     folder = assemble.configure_htcondor(config.pool.collector, config.pool.token_file)
     try:
         with Store.open(config.loop.state_file, exclusive=True) as store:
-            pool = PoolEndpoint(config.pool.collector, args.pool_domain)
+            pool = PoolEndpoint(config.pool.collector, config.pool.domain)
+            owner = config.loop.owner or socket.gethostname()
             try:
                 adapters = {
-                    name: assemble.build_adapter(name, site, owner=args.owner, pool=pool)
+                    name: assemble.build_adapter(name, site, owner=owner, pool=pool)
                     for name, site in config.sites.items()
                 }
             except SiteError as exc:

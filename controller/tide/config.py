@@ -119,6 +119,10 @@ class PoolConfig(_Model):
     collector: Annotated[str, AfterValidator(_host_port)] = Field(
         description="The pool's collector as host:port. Required: no default pool exists."
     )
+    domain: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$")] = Field(
+        description="The pool's domain (UID_DOMAIN and TRUST_DOMAIN, as the central manager's "
+        "central_manager_pool_domain). Required: the workers Tide starts join with it."
+    )
     token_file: FilePath = Field(
         description="IDTOKEN the controller presents to query the pool. Required, and a path "
         "only: the token itself never sits in this file."
@@ -131,6 +135,12 @@ class PoolConfig(_Model):
 
 
 class LoopConfig(_Model):
+    owner: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]*$", max_length=63)] | None = Field(
+        default=None,
+        description="This controller's name in the ownership tags of everything it starts. "
+        "None (the default) takes the host name. Two controllers sharing a cloud project or a "
+        "Docker engine must have different owners: each destroys what it owns and nothing else.",
+    )
     interval_s: float = Field(
         default=2.0,
         gt=0,

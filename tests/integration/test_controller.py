@@ -6,7 +6,6 @@ drained and removed; SIGTERM stops the daemon cleanly."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import textwrap
@@ -20,15 +19,17 @@ from tests import lab
 IDLE_TIMEOUT_S = 15
 
 
-def _config(tmp: Path, token: Path) -> Path:
+def _config(tmp: Path, token: Path, owner: str) -> Path:
     config = tmp / "tide.yml"
     config.write_text(
         textwrap.dedent(
             f"""\
             pool:
               collector: {lab.COLLECTOR}
+              domain: {lab.POOL_DOMAIN}
               token_file: {token}
             loop:
+              owner: {owner}
               interval_s: 1
               state_file: {tmp}/state/state.sqlite3
             metrics:
@@ -60,13 +61,11 @@ def test_daemon_scales_a_docker_site_up_for_jobs_and_back_down(tmp_path: Path) -
     token.write_text((lab.STATE / "secrets" / "worker.token").read_text())
     token.chmod(0o600)
     owner = f"test-{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, TIDE_POOL_DOMAIN=lab.POOL_DOMAIN, TIDE_OWNER=owner)
     log = (tmp_path / "tide.log").open("w")
     daemon = subprocess.Popen(
-        [str(lab.VENV_BIN / "tide"), "run", "--config", str(_config(tmp_path, token))],
+        [str(lab.VENV_BIN / "tide"), "run", "--config", str(_config(tmp_path, token, owner))],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=env,
     )
     try:
         submit = (
@@ -105,7 +104,6 @@ def test_daemon_scales_a_docker_site_up_for_jobs_and_back_down(tmp_path: Path) -
         capture_output=True,
         text=True,
         check=True,
-        env=env,
     ).stdout
     # Every resource it made is gone: none left in any live state.
     assert status.splitlines()[1].split() == ["ctl", "0", "0", "0", "0", "0", "0"], status

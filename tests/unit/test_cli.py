@@ -39,6 +39,7 @@ def _config(tmp_path: Path, extra: str = "") -> Path:
     path.write_text(
         "pool:\n"
         "  collector: cm.example.org:9618\n"
+        "  domain: pool.example.org\n"
         f"  token_file: {tmp_path}/pool.token\n"
         "loop:\n"
         f"  state_file: {tmp_path}/state/state.sqlite3\n"
@@ -57,7 +58,7 @@ def test_config_errors_exit_2_with_their_lines(
     path = _config(tmp_path, "    bogus_key: 1\n")
     assert main(["status", "--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert f"{path}:11: sites.local.bogus_key: unknown key" in err
+    assert f"{path}:12: sites.local.bogus_key: unknown key" in err
 
 
 def test_status_on_an_empty_store_prints_a_table(
@@ -122,7 +123,7 @@ def test_run_refuses_a_readable_token(tmp_path: Path, capsys: pytest.CaptureFixt
     for name in ("pool.token", "worker.token"):
         (tmp_path / name).write_text("t")
         (tmp_path / name).chmod(0o644)
-    code = main(["run", "--config", str(path), "--pool-domain", "pool.example.org"])
+    code = main(["run", "--config", str(path)])
     assert code == 2
     assert "pool.token: mode 0644" in capsys.readouterr().err
 

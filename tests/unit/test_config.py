@@ -24,6 +24,7 @@ from tide.model import Shape, Site, SiteLimits
 FULL = """\
 pool:
   collector: cm.example.org:9618
+  domain: pool.example.org
   token_file: /etc/tide/pool.token
   schedds: [submit1.example.org]
 loop:
@@ -69,6 +70,7 @@ MINIMAL = """\
 pool:
   collector: cm:9618
   token_file: /t
+  domain: pool.example.org
 sites:
   local:
     kind: docker
@@ -157,9 +159,9 @@ def test_every_field_says_why() -> None:
 
 def test_unknown_keys_are_named_with_their_line(tmp_path: Path) -> None:
     text = MINIMAL + "colector: cm:9618\n"
-    assert _errors(tmp_path, text) == ("9: colector: unknown key",)
+    assert _errors(tmp_path, text) == ("10: colector: unknown key",)
     nested = MINIMAL + "    imag: x\n"
-    assert _errors(tmp_path, nested) == ("9: sites.local.imag: unknown key",)
+    assert _errors(tmp_path, nested) == ("10: sites.local.imag: unknown key",)
 
 
 def test_a_wrong_type_names_path_line_and_value(tmp_path: Path) -> None:
@@ -170,7 +172,7 @@ def test_a_wrong_type_names_path_line_and_value(tmp_path: Path) -> None:
     )
     quoted = MINIMAL + "metrics:\n  port: '9800'\n"
     assert _errors(tmp_path, quoted) == (
-        "10: metrics.port: Input should be a valid integer (got '9800')",
+        "11: metrics.port: Input should be a valid integer (got '9800')",
     )
 
 
@@ -190,7 +192,7 @@ def test_a_missing_key_names_the_line_of_its_parent(tmp_path: Path) -> None:
 def test_site_names_must_be_lowercase_words(tmp_path: Path) -> None:
     text = MINIMAL.replace("  local:", "  Local_1:")
     (error,) = _errors(tmp_path, text)
-    assert error.startswith("5: sites.Local_1: site name must match ^[a-z][a-z0-9-]*$")
+    assert error.startswith("6: sites.Local_1: site name must match ^[a-z][a-z0-9-]*$")
 
 
 def test_site_names_fit_a_host_name_label(tmp_path: Path) -> None:
@@ -200,18 +202,18 @@ def test_site_names_fit_a_host_name_label(tmp_path: Path) -> None:
     assert list(config.sites) == [longest]
     too_long = longest + "x"
     assert _errors(tmp_path, MINIMAL.replace("  local:", f"  {too_long}:")) == (
-        f"5: sites.{too_long}: site name must be at most 40 characters: resource ids "
+        f"6: sites.{too_long}: site name must be at most 40 characters: resource ids "
         f"tide-<site>-<8 hex> must fit a 63-character host name label (got {too_long!r})",
     )
 
 
 def test_an_unknown_kind_is_refused(tmp_path: Path) -> None:
     (error,) = _errors(tmp_path, MINIMAL.replace("kind: docker", "kind: slurm"))
-    assert error.startswith("6: sites.local.kind: Input tag 'slurm'")
+    assert error.startswith("7: sites.local.kind: Input tag 'slurm'")
     assert "'docker', 'openstack'" in error
     no_kind = MINIMAL.replace("    kind: docker\n", "")
     assert _errors(tmp_path, no_kind) == (
-        "5: sites.local.kind: required key is missing (docker or openstack)",
+        "6: sites.local.kind: required key is missing (docker or openstack)",
     )
 
 
@@ -238,13 +240,13 @@ def test_docker_worker_ports_are_a_range_and_the_bind_address_is_ipv4(tmp_path: 
     )
     reversed_range = MINIMAL + "    port_range_start: 29800\n    port_range_end: 29700\n"
     assert _errors(tmp_path, reversed_range) == (
-        "5: sites.local: port_range_end (29700) must be >= port_range_start (29800)",
+        "6: sites.local: port_range_end (29700) must be >= port_range_start (29800)",
     )
     bad = MINIMAL + "    port_range_start: 0\n    port_range_end: 65536\n    bind_address: cm\n"
     assert _errors(tmp_path, bad) == (
-        "9: sites.local.port_range_start: Input should be greater than or equal to 1 (got 0)",
-        "10: sites.local.port_range_end: Input should be less than or equal to 65535 (got 65536)",
-        "11: sites.local.bind_address: must be an IPv4 address, e.g. 192.0.2.10, or empty for "
+        "10: sites.local.port_range_start: Input should be greater than or equal to 1 (got 0)",
+        "11: sites.local.port_range_end: Input should be less than or equal to 65535 (got 65536)",
+        "12: sites.local.bind_address: must be an IPv4 address, e.g. 192.0.2.10, or empty for "
         "every interface (got 'cm')",
     )
 
@@ -257,9 +259,9 @@ def test_values_are_checked_beyond_their_type(tmp_path: Path) -> None:
     )
     assert _errors(tmp_path, text) == (
         "2: pool.collector: must be host:port, e.g. cm.example.org:9618 (got 'cm')",
-        "7: sites.local.shape.cpus: Input should be greater than 0 (got 0)",
-        "9: sites.local.attributes.A: must be a string, number or boolean",
-        "10: loop.interval_s: Input should be greater than 0 (got 0)",
+        "8: sites.local.shape.cpus: Input should be greater than 0 (got 0)",
+        "10: sites.local.attributes.A: must be a string, number or boolean",
+        "11: loop.interval_s: Input should be greater than 0 (got 0)",
     )
 
 
@@ -304,3 +306,10 @@ def test_check_secret_file_wants_owner_only_access(tmp_path: Path) -> None:
         check_secret_file(tmp_path / "missing.token")
     with pytest.raises(ConfigError, match="not a regular file"):
         check_secret_file(tmp_path)
+
+
+def test_the_documented_example_is_a_valid_configuration(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "controller" / "README.md").read_text()
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = load_config(_write(tmp_path, example))
+    assert sorted(config.sites) == ["cloud", "fatnode"]
