@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tide.model import Shape
+
 OWNER_TAG = "tide-owner"
 SITE_TAG = "tide-site"
 RESOURCE_ID_TAG = "tide-resource-id"
@@ -150,6 +152,42 @@ def worker_attributes(
     return out
 
 
+def worker_environment(
+    *,
+    pool: PoolEndpoint,
+    resource_id: str,
+    site_name: str,
+    shape: Shape,
+    attributes: Mapping[str, str],
+    port: int | None = None,
+    bind_address: str = "",
+) -> dict[str, str]:
+    """The environment of a tide/condor worker a site starts (the image's
+    contract, images/condor/README.md; the condor_worker role sets the same):
+    one partitionable slot of `shape`, joined to `pool` as `resource_id`.
+    `attributes` are worker_attributes() expressions. Without `port` the
+    image's default shared port (9618) is used. The token is not in here:
+    the image reads it from a file."""
+    env = {
+        "TIDE_CONDOR_ROLES": "execute",
+        "TIDE_POOL_DOMAIN": pool.pool_domain,
+        "TIDE_COLLECTOR": pool.collector,
+        "TIDE_NODE_NAME": resource_id,
+        "TIDE_RESOURCE_ID": resource_id,
+        "TIDE_SITE_NAME": site_name,
+        "TIDE_CPUS": str(shape.cpus),
+        "TIDE_MEMORY_MB": str(shape.memory_mb),
+        "TIDE_DISK_MB": str(shape.disk_mb),
+    }
+    if port is not None:
+        env["TIDE_PORT"] = str(port)
+    if bind_address:
+        env["TIDE_BIND_ADDRESS"] = bind_address
+    for name, expression in attributes.items():
+        env[f"TIDE_ATTR_{name}"] = expression
+    return env
+
+
 __all__ = [
     "OWNER_TAG",
     "RESOURCE_ID_TAG",
@@ -161,5 +199,6 @@ __all__ = [
     "SiteError",
     "classad_literal",
     "worker_attributes",
+    "worker_environment",
     "worker_site_name",
 ]

@@ -49,6 +49,7 @@ from tide.sites.base import (
     QuotaExceeded,
     SiteError,
     worker_attributes,
+    worker_environment,
     worker_site_name,
 )
 
@@ -239,23 +240,15 @@ class DockerSite:
     # --- helpers ------------------------------------------------------------
 
     def _environment(self, resource_id: str, port: int) -> dict[str, str]:
-        env = {
-            "TIDE_CONDOR_ROLES": "execute",
-            "TIDE_POOL_DOMAIN": self._pool.pool_domain,
-            "TIDE_COLLECTOR": self._pool.collector,
-            "TIDE_PORT": str(port),
-            "TIDE_NODE_NAME": resource_id,
-            "TIDE_RESOURCE_ID": resource_id,
-            "TIDE_SITE_NAME": self._site_name,
-            "TIDE_CPUS": str(self._shape.cpus),
-            "TIDE_MEMORY_MB": str(self._shape.memory_mb),
-            "TIDE_DISK_MB": str(self._shape.disk_mb),
-        }
-        if self._config.bind_address:
-            env["TIDE_BIND_ADDRESS"] = self._config.bind_address
-        for name, expression in self._attributes.items():
-            env[f"TIDE_ATTR_{name}"] = expression
-        return env
+        return worker_environment(
+            pool=self._pool,
+            resource_id=resource_id,
+            site_name=self._site_name,
+            shape=self._shape,
+            attributes=self._attributes,
+            port=port,
+            bind_address=self._config.bind_address,
+        )
 
     def _free_port(self) -> int:
         """The lowest port of the range no Tide worker container on the engine holds."""

@@ -37,6 +37,7 @@ from openstack import exceptions as os_exceptions
 from openstack.connection import Connection
 
 from tide.config import DockerSiteConfig, OpenStackSiteConfig
+from tide.model import Shape
 from tide.sites.base import (
     OWNER_TAG,
     RESOURCE_ID_TAG,
@@ -46,6 +47,7 @@ from tide.sites.base import (
     QuotaExceeded,
     SiteError,
     worker_attributes,
+    worker_environment,
     worker_site_name,
 )
 
@@ -286,6 +288,13 @@ class OpenStackSite:
                 memory_mb=shape.memory_mb,
                 disk_mb=shape.disk_mb,
                 attributes=self._attributes,
+                environment=worker_environment(
+                    pool=self._pool,
+                    resource_id=resource_id,
+                    site_name=self._site_name,
+                    shape=Shape(shape.cpus, shape.memory_mb, shape.disk_mb),
+                    attributes=self._attributes,
+                ),
                 token=self._token,
             )
         except jinja2.TemplateError as exc:
