@@ -22,6 +22,7 @@ from tide.loop import CollectorSlots, Controller, DemandSource
 from tide.metrics import Metrics
 from tide.model import Demand, Site
 from tide.sites.base import Owned, PoolEndpoint, SiteAdapter
+from tide.startds import SiteStartds
 from tide.store import Store, new_resource_id, random_suffix
 
 
@@ -141,6 +142,7 @@ def build_controller(
         store=store,
         demand=demand_source(config),
         slots=CollectorSlots(config.pool.collector),
+        startds=None if adapters is None else SiteStartds(adapters),
         metrics=metrics,
         clock=time.time,
         new_id=lambda site: new_resource_id(site, random_suffix()),

@@ -1,4 +1,5 @@
-"""The `tide` command line: run the daemon, preview a plan, show or drain resources.
+"""The `tide` command line: run the daemon, check its configuration, preview a
+plan, show or drain resources.
 
 Exit codes: 0 done, 1 the command failed (e.g. an unknown resource), 2 a
 usage or configuration error.
@@ -18,6 +19,7 @@ from types import FrameType
 
 from tide import __version__
 from tide.config import Config, ConfigError, check_secret_file, load_config
+from tide.loop import HELD
 from tide.model import Create, Plan, State
 from tide.store import Store, StoreError
 
@@ -40,9 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", "run the controller until SIGTERM or SIGINT")
     run.add_argument("--log-level", default="INFO")
+    command(
+        "check",
+        "validate the configuration as `tide run` does at start, contacting nothing",
+    )
     command("plan", "show what the controller would do now, changing nothing")
     command("status", "list the recorded resources by site and state")
-    drain = command("drain", "mark a resource DRAINING; a running daemon picks it up")
+    drain = command(
+        "drain", "drain a resource for good: the daemon drains its startd, then removes it"
+    )
     drain.add_argument("resource")
     return parser
 
@@ -59,7 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 2
-    commands = {"status": _status, "drain": _drain, "plan": _plan, "run": _run}
+    commands = {
+        "check": _check,
+        "status": _status,
+        "drain": _drain,
+        "plan": _plan,
+        "run": _run,
+    }
     try:
         return commands[args.command](config, args)
     except ConfigError as exc:
@@ -110,8 +124,20 @@ def _drain(config: Config, args: argparse.Namespace) -> int:
         if r is None:
             print(f"tide: {resource}: no such resource in the store", file=sys.stderr)
             return 1
-        store.move(resource, State.DRAINING, time.time(), "operator drain (tide drain)")
-    print(f"{resource}: draining")
+        if r.state not in (State.RUNNING, State.DRAINING):
+            print(
+                f"tide: {resource} is {r.state.value}: only a running or draining resource"
+                " can be drained (a boot is removed by the daemon when demand goes)",
+                file=sys.stderr,
+            )
+            return 1
+        store.set_detail(resource, HELD, True)
+        if r.state is State.RUNNING:
+            store.move(resource, State.DRAINING, time.time(), "operator drain (tide drain)")
+    print(
+        f"{resource}: draining; the daemon drains its startd (running jobs finish),"
+        " then removes it. Demand does not undo an operator's drain."
+    )
     return 0
 
 
@@ -143,6 +169,35 @@ def _check_secrets(config: Config) -> None:
     check_secret_file(config.pool.token_file)
     for site in config.sites.values():
         check_secret_file(site.worker_token_file)
+
+
+def _check(config: Config, args: argparse.Namespace) -> int:
+    """What `tide run` checks before it contacts anything: the file (loaded by
+    main), the token files' modes and the sites' worker attributes. The
+    controller role validates a new config with it before it replaces the old."""
+    from tide.sites.base import worker_attributes  # noqa: PLC0415
+    from tide.yaml_lines import parse_yaml  # noqa: PLC0415
+
+    _check_secrets(config)
+    path: Path = args.config
+    doc = parse_yaml(path.read_text(encoding="utf-8"))  # loaded fine once: parses again
+    errors: list[tuple[int, str]] = []
+    for name, site in config.sites.items():
+        for attribute, value in site.attributes.items():
+            try:
+                worker_attributes(name, {attribute: value})
+            except ValueError as exc:
+                loc = ["sites", name, "attributes", attribute]
+                errors.append((doc.line_of(loc), f"{'.'.join(loc)}: {exc}"))
+    if errors:
+        raise ConfigError([f"{path}:{line}: {text}" for line, text in sorted(errors)])
+    sites = ", ".join(f"{name} ({site.kind})" for name, site in config.sites.items())
+    print(
+        f"{path}: ok: pool {config.pool.domain} at {config.pool.collector}, "
+        f"owner {config.loop.owner or socket.gethostname()}, "
+        f"{len(config.sites)} site{'' if len(config.sites) == 1 else 's'}: {sites}"
+    )
+    return 0
 
 
 def _plan(config: Config, args: argparse.Namespace) -> int:

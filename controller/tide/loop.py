@@ -16,6 +16,12 @@ its boot timeout, is dropped from the plan: an outage of the pool's daemons
 must never make the controller kill live resources. Scale-up, undrain and
 boot-timeout destroys still happen.
 
+Draining: a Drain is written (DRAINING) before the startd is told, and a
+DRAINING resource whose startd has not accepted a drain yet (a failed
+call, a crash in between, or `tide drain` by an operator) is told again
+each cycle. An Undrain cancels the startd's drain before it is written, so
+the store never shows RUNNING a startd that takes no job.
+
 Isolation: every call to a site is wrapped; an exception from one site is
 logged and counted, and never stops the other sites or the daemon.
 """
@@ -47,6 +53,7 @@ from tide.model import (
 )
 from tide.policy import decide
 from tide.sites.base import SiteAdapter
+from tide.startds import Startds
 from tide.store import Store, StoreError
 
 log = logging.getLogger("tide.loop")
@@ -56,6 +63,14 @@ SLOT_CONSTRAINT = f"{RESOURCE_ID_ATTR} =!= undefined"
 SLOT_PROJECTION = [RESOURCE_ID_ATTR, "SlotType", "State", "Activity"]
 _BOOTS = frozenset({State.REQUESTED, State.BOOTING})
 _LIVE = frozenset({State.RUNNING, State.DRAINING})
+LISTING_GRACE_S = 120.0
+"""A boot this young that its site does not list yet is not marked gone: a
+cloud's listing may lag behind its create call."""
+
+# Store details the loop keeps for a resource.
+DRAIN_REQUEST = "drain_request"  # the startd's drain request id ("": its site cannot drain)
+HELD = "held"  # drained by an operator: demand never undoes it
+IDLE_SINCE = "idle_since"  # when it was first seen with no claimed slot
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,7 @@ class SlotState:
 
     advertised: bool
     claimed_slots: int
+    drained: bool = False  # every slot of its startd is in state "Drained"
 
 
 class Slots(Protocol):
@@ -77,15 +93,20 @@ class Slots(Protocol):
 def slots_from_ads(ads: Any) -> dict[str, SlotState]:
     """Startd ads (anything with .get) -> SlotState per TideResourceId: a resource
     is advertised if any ad names it; its claimed slots are its ads in State
-    "Claimed" (the dynamic slots running jobs)."""
+    "Claimed" (the dynamic slots running jobs); it is drained when every
+    ad is in State "Drained" (the startd finished a drain: no job left)."""
     out: dict[str, SlotState] = {}
     for ad in ads:
         rid = ad.get(RESOURCE_ID_ATTR)
         if not isinstance(rid, str) or not rid:
             continue
         claimed = 1 if ad.get("State") == "Claimed" else 0
+        drained = ad.get("State") == "Drained"
         old = out.get(rid)
-        out[rid] = SlotState(True, claimed + (old.claimed_slots if old else 0))
+        if old is not None:
+            claimed += old.claimed_slots
+            drained = drained and old.drained
+        out[rid] = SlotState(True, claimed, drained)
     return out
 
 
@@ -135,19 +156,28 @@ class Controller:
         store: Store,
         demand: DemandSource,
         slots: Slots,
+        startds: Startds | None,
         metrics: Metrics | None,
         clock: Callable[[], float],
         new_id: Callable[[str], str],
+        listing_grace_s: float = LISTING_GRACE_S,
     ) -> None:
         self._sites = dict(sites)
         self._store = store
         self._demand = demand
         self._slots = slots
+        self._startds = startds
         self._metrics = metrics
         self._clock = clock
         self._new_id = new_id
+        self._listing_grace_s = listing_grace_s
         self._health: dict[str, SiteHealth] = {}
+        # Idle clocks survive a restart: kept in the store, read back here.
         self._idle_since: dict[str, float] = {}
+        for r in store.alive():
+            since = store.detail(r.id).get(IDLE_SINCE)
+            if isinstance(since, int | float) and not isinstance(since, bool):
+                self._idle_since[r.id] = float(since)
         self._last_slots: Mapping[str, SlotState] = {}
         self._unreconciled: set[str] = set(self._sites)
 
@@ -184,7 +214,8 @@ class Controller:
                 continue
             listed = {o.resource_id: o for o in owned}
             for r in self._store.alive(name):
-                if r.id not in listed:
+                young = r.state in _BOOTS and now - r.state_since < self._listing_grace_s
+                if r.id not in listed and not young:
                     self._store.move(r.id, State.GONE, now, "vanished: the site no longer lists it")
                     self._idle_since.pop(r.id, None)
                     event(log, "vanished", site=name, resource=r.id, was=r.state.value)
@@ -203,15 +234,7 @@ class Controller:
                 try:
                     adapter.destroy(rid, dict(o.details))
                 except Exception as exc:
-                    event(
-                        log,
-                        "orphan destroy failed",
-                        level=logging.WARNING,
-                        site=name,
-                        resource=rid,
-                        error=str(exc),
-                    )
-                    self._count_failure(name, "destroy")
+                    self._failed(name, "destroy", "orphan destroy failed", rid, exc)
             self._unreconciled.discard(name)
 
     # --- one cycle ------------------------------------------------------
@@ -269,9 +292,16 @@ class Controller:
         """One recorded resource with what the pool says about it; idle_since is
         when it was first seen with no claimed slot (unchanged while slots are unknown)."""
         slot = slots.get(r.id, SlotState(advertised=False, claimed_slots=0))
+        held, drained = False, slot.drained
+        if r.state is State.DRAINING:
+            detail = self._store.detail(r.id)
+            held = detail.get(HELD) is True
+            if detail.get(DRAIN_REQUEST) == "":  # its site cannot drain the startd
+                drained = slot.claimed_slots == 0
         if r.state is State.BOOTING and slot.advertised:
             if write:
                 r = self._store.move(r.id, State.RUNNING, now, "slot advertised")
+                self._health.pop(r.site, None)  # a boot succeeded: the site's backoff ends
                 event(log, "running", site=r.site, resource=r.id)
             else:
                 r = replace(r, state=State.RUNNING, state_since=now)
@@ -280,11 +310,22 @@ class Controller:
             if not slots_known:
                 idle_since = self._idle_since.get(r.id)
             elif slot.claimed_slots > 0:
-                self._idle_since.pop(r.id, None)
+                if self._idle_since.pop(r.id, None) is not None and write:
+                    self._store.set_detail(r.id, IDLE_SINCE, None)
             else:
-                idle_since = self._idle_since.setdefault(r.id, now)
+                idle_since = self._idle_since.get(r.id)
+                if idle_since is None:
+                    idle_since = now
+                    if write:
+                        self._idle_since[r.id] = now
+                        self._store.set_detail(r.id, IDLE_SINCE, now)
         return replace(
-            r, advertised=slot.advertised, claimed_slots=slot.claimed_slots, idle_since=idle_since
+            r,
+            advertised=slot.advertised,
+            claimed_slots=slot.claimed_slots,
+            idle_since=idle_since,
+            drained=drained,
+            held=held,
         )
 
     def preview(self) -> Plan:
@@ -340,6 +381,15 @@ class Controller:
             self._destroy(r.id, r.site, now, "retry: still to destroy")
         for action in plan.actions:
             self._act(action, now)
+        acted = {getattr(a, "resource", None) for a in plan.actions}
+        for r in obs.snapshot.resources:  # drains not yet accepted by the startd
+            if (
+                r.state is State.DRAINING
+                and r.advertised
+                and r.id not in acted
+                and self._store.detail(r.id).get(DRAIN_REQUEST) is None
+            ):
+                self._drain_startd(r.id, r.site, "drain not yet accepted: told again")
         if self._metrics is not None:
             site_of = {r.id: r.site for r in obs.snapshot.resources}
             self._metrics.observe_demand(obs.snapshot.demand)
@@ -363,15 +413,44 @@ class Controller:
             )
             return
         if isinstance(action, Destroy):
+            if action.boot_failed:
+                self._failed_boot(r.site, now)
             self._destroy(r.id, r.site, now, action.reason)
         elif isinstance(action, Drain):
-            # TODO: the startd is not told to drain yet (condor_drain via the
-            # collector's startd ad is a follow-up). The policy drains only
-            # idle resources, so a drained one is destroyed while still idle
-            # on a later cycle; a job that starts there meanwhile is killed.
-            self._move(r.id, State.DRAINING, now, action.reason)
+            if self._move(r.id, State.DRAINING, now, action.reason):
+                self._drain_startd(r.id, r.site, action.reason)
         elif isinstance(action, Undrain):
-            self._move(r.id, State.RUNNING, now, action.reason)
+            self._undrain(r.id, r.site, now, action.reason)
+
+    def _drain_startd(self, rid: str, site: str, reason: str) -> None:
+        """Tell the resource's startd to drain; remember the request. A failure
+        is retried next cycle (the resource stays DRAINING meanwhile)."""
+        if self._startds is None:
+            return
+        try:
+            request = self._startds.drain(site, rid, f"tide: {reason}")
+        except Exception as exc:
+            self._failed(site, "drain", "startd drain failed: retried next cycle", rid, exc)
+            return
+        self._store.set_detail(rid, DRAIN_REQUEST, request or "")
+        event(log, "startd draining", site=site, resource=rid, request=request or "-")
+
+    def _undrain(self, rid: str, site: str, now: float, reason: str) -> None:
+        """Cancel the startd's drain, then record RUNNING (never the other way
+        round: RUNNING in the store must mean the startd takes jobs)."""
+        request = self._store.detail(rid).get(DRAIN_REQUEST)
+        if isinstance(request, str) and request and self._startds is not None:
+            try:
+                self._startds.cancel_drain(site, rid, request)
+            except Exception as exc:
+                self._failed(site, "undrain", "startd undrain failed: retried next cycle", rid, exc)
+                return
+        if self._move(rid, State.RUNNING, now, reason):
+            self._store.set_detail(rid, DRAIN_REQUEST, None)
+
+    def _failed_boot(self, site: str, now: float) -> None:
+        old = self.health(site)
+        self._health[site] = SiteHealth(old.consecutive_failures + 1, now)
 
     def _move(self, rid: str, to: State, now: float, reason: str) -> bool:
         try:
@@ -414,7 +493,7 @@ class Controller:
                 self._store.move(rid, State.FAILED, now, f"create failed: {exc}")
                 self._count_failure(action.site, "create")
                 old = self.health(action.site)
-                self._health[action.site] = SiteHealth(old.consecutive_failures + 1, now)
+                self._failed_boot(action.site, now)
                 event(
                     log,
                     "create failed",
@@ -428,7 +507,6 @@ class Controller:
             for key, val in details.items():
                 self._store.set_detail(rid, key, val)
             self._store.move(rid, State.BOOTING, now, "created")
-            self._health.pop(action.site, None)
             event(log, "created", site=action.site, resource=rid)
 
     def _destroy(self, rid: str, site: str, now: float, reason: str) -> None:
@@ -448,19 +526,16 @@ class Controller:
         try:
             entry[1].destroy(rid, details)
         except Exception as exc:
-            self._count_failure(site, "destroy")
-            event(
-                log,
-                "destroy failed: retried next cycle",
-                level=logging.WARNING,
-                site=site,
-                resource=rid,
-                error=str(exc),
-            )
+            self._failed(site, "destroy", "destroy failed: retried next cycle", rid, exc)
             return
         self._store.move(rid, State.GONE, now, "destroyed")
         self._idle_since.pop(rid, None)
         event(log, "destroyed", site=site, resource=rid)
+
+    def _failed(self, site: str, operation: str, what: str, rid: str, exc: Exception) -> None:
+        """A site call failed: counted, logged, and left for a later cycle."""
+        self._count_failure(site, operation)
+        event(log, what, level=logging.WARNING, site=site, resource=rid, error=str(exc))
 
     def _count_failure(self, site: str, operation: str) -> None:
         if self._metrics is not None:

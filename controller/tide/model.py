@@ -98,6 +98,8 @@ class Resource:
     advertised: bool = False  # its startd is in the collector
     claimed_slots: int = 0  # dynamic slots running jobs now
     idle_since: float | None = None  # when it last had no claimed slot; None: busy
+    drained: bool = False  # its startd reports the drain done: no job left, none can start
+    held: bool = False  # drained by an operator (`tide drain`): demand never undoes it
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ class Undrain:
 class Destroy:
     resource: str
     reason: str
+    boot_failed: bool = False  # a boot that never registered: counts as a failed boot
 
 
 Action = Create | Drain | Undrain | Destroy

@@ -6,9 +6,12 @@ so a decision can be replayed from a log and tested without a pool.
 How a decision is made:
 
 1. Resources are sorted per site into boots that timed out, boots in flight
-   (requested or booting), idle running, idle draining and busy ones (a
-   running or draining resource with a claimed slot counts as fully used;
-   one with none as one free machine).
+   (requested or booting), idle running, idle draining, drained and busy
+   ones (a running or draining resource with a claimed slot counts as fully
+   used; one with none as one free machine). A draining resource is
+   destroyed only once its startd reports the drain done (or its startd is
+   gone): a job that started in the moment before the drain is never killed.
+   One an operator drained (`held`) is never undrained by demand.
 2. Demand is assigned to sites and packed into their machine shape (see
    `_Packer`): an autocluster's jobs go to its sites in the order it lists
    them, each site taking what fits under its quota before the next gets the
@@ -51,8 +54,8 @@ def decide(snapshot: Snapshot) -> Plan:
     """What to do now, given everything observed in `snapshot`."""
     now = snapshot.now
     pools = _classify(snapshot.resources, snapshot.sites, now)
-    may_create = {
-        name: not _backing_off(site, snapshot.health.get(name), now)
+    may_create = {  # a boot timing out now is a failure too: no Create beside its Destroy
+        name: not _backing_off(site, snapshot.health.get(name), now) and not pools[name].timed_out
         for name, site in snapshot.sites.items()
     }
     packers = {
@@ -76,7 +79,13 @@ class _Pool:
     booting: list[Resource] = field(default_factory=list)
     idle: list[Resource] = field(default_factory=list)
     draining_idle: list[Resource] = field(default_factory=list)
+    drained: list[Resource] = field(default_factory=list)  # to destroy: nothing runs there
     busy: int = 0  # running or draining with a claimed slot: fully used
+
+    @property
+    def occupied(self) -> int:
+        """Machines that count against the quota but serve no idle job."""
+        return self.busy + len(self.drained)
 
     @property
     def usable(self) -> int:
@@ -105,6 +114,11 @@ def _classify(
                 pool.busy += 1
             elif r.state is State.RUNNING:
                 pool.idle.append(r)
+            elif r.held:
+                if r.drained or not r.advertised:
+                    pool.drained.append(r)
+                else:
+                    pool.busy += 1  # an operator's drain still in progress
             else:
                 pool.draining_idle.append(r)
     return pools
@@ -128,7 +142,7 @@ def _room(site: Site, pool: _Pool, can_create: bool) -> int:
     """Machines of this site that idle demand may fill: its quota less the
     busy ones. A site in backoff offers only what it already has, so its
     share of multi-site demand spills over to the next site."""
-    room = max(0, site.limits.max_resources - pool.busy)
+    room = max(0, site.limits.max_resources - pool.occupied)
     return room if can_create else min(room, pool.usable)
 
 
@@ -217,8 +231,16 @@ def _site_actions(
     full = " (quota full)" if packer.full else ""
     demand = f"{packer.jobs} idle jobs need {_machines(need)}{full}"
     actions: list[Action] = [
-        Destroy(r.id, f"boot timeout: {r.state} {now - r.state_since:.0f}s, no slot advertised")
+        Destroy(
+            r.id,
+            f"boot timeout: {r.state} {now - r.state_since:.0f}s, no slot advertised",
+            boot_failed=True,
+        )
         for r in sorted(pool.timed_out, key=lambda r: r.id)
+    ]
+    actions += [
+        Destroy(r.id, "operator drain done: no job left")
+        for r in sorted(pool.drained, key=lambda r: r.id)
     ]
 
     # Idle running machines: keep the most recently idle, drain the oldest.
@@ -240,8 +262,9 @@ def _site_actions(
         Destroy(r.id, f"surplus boot: {demand}, {len(idle)} idle") for r in reversed(spare_booting)
     ]
     actions += [
-        Destroy(r.id, "drained: no claimed slot left, demand needs it no more")
+        Destroy(r.id, "drained: no job left, demand needs it no more")
         for r in spare_draining
+        if r.drained or not r.advertised
     ]
     actions += [
         Drain(r.id, f"idle {now - r.idle_since:.0f}s, unneeded: {demand}, {len(idle)} idle")
@@ -251,7 +274,7 @@ def _site_actions(
     actions += [Undrain(r.id, f"demand returned: {demand}") for r in undrain]
     if left > 0 and can_create:
         # The room already keeps the site within its quota; checked again for safety.
-        quota = limits.max_resources - pool.busy - pool.usable
+        quota = limits.max_resources - pool.occupied - pool.usable
         boots = limits.max_booting - len(pool.booting)
         count = min(left, quota, boots)
         if count > 0:

@@ -1,15 +1,22 @@
 """The controller daemon, for real: `tide run` with a Docker site on this
-machine's engine, against the lab pool. Idle jobs that only a site worker
-can run make it create workers at once; their slots register, the jobs
+machine's engine, against the lab pool, authenticated with the controller
+token the central manager issued. Idle jobs that only a site worker can
+run make it create workers at once; their slots register, the jobs
 complete on them; once idle for the configured time the workers are
-drained and removed; SIGTERM stops the daemon cleanly."""
+drained (their startds told, as HTCondor sees it) and removed; an
+operator's `tide drain` lets a running job finish, starts no new one there
+and is not undone by demand; SIGTERM stops the daemon cleanly."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import textwrap
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -19,7 +26,7 @@ from tests import lab
 IDLE_TIMEOUT_S = 15
 
 
-def _config(tmp: Path, token: Path, owner: str) -> Path:
+def _config(tmp: Path, token: Path, worker_token: Path, owner: str, site: str) -> Path:
     config = tmp / "tide.yml"
     config.write_text(
         textwrap.dedent(
@@ -35,11 +42,11 @@ def _config(tmp: Path, token: Path, owner: str) -> Path:
             metrics:
               port: 0
             sites:
-              ctl:
+              {site}:
                 kind: docker
                 shape: {{cpus: 1, memory_mb: 512, disk_mb: 1024}}
                 attributes: {{SiteName: LAB, TideSiteKind: docker}}
-                worker_token_file: {token}
+                worker_token_file: {worker_token}
                 port_range_start: 29710
                 port_range_end: 29719
                 bind_address: 127.0.0.1
@@ -56,54 +63,135 @@ def _owned(owner: str) -> list[str]:
     return [c.name or "" for c in containers]
 
 
-def test_daemon_scales_a_docker_site_up_for_jobs_and_back_down(tmp_path: Path) -> None:
-    token = tmp_path / "token"
-    token.write_text((lab.STATE / "secrets" / "worker.token").read_text())
-    token.chmod(0o600)
-    owner = f"test-{uuid.uuid4().hex[:8]}"
-    log = (tmp_path / "tide.log").open("w")
-    daemon = subprocess.Popen(
-        [str(lab.VENV_BIN / "tide"), "run", "--config", str(_config(tmp_path, token, owner))],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        submit = (
-            "cd $(mktemp -d) && printf '%s\\n' 'executable = /bin/sleep' 'arguments = 3' "
-            "'request_cpus = 1' 'request_memory = 100MB' "
-            "'requirements = (TARGET.TideSite == \"ctl\")' 'queue 2' > j.sub "
-            "&& condor_submit -terse j.sub | cut -d. -f1"
+def _secret(tmp: Path, name: str) -> Path:
+    copy = tmp / name
+    copy.write_text((lab.STATE / "secrets" / name).read_text())
+    copy.chmod(0o600)
+    return copy
+
+
+@dataclass
+class Daemon:
+    config: Path
+    owner: str
+    site: str  # unique per test: no ad a killed worker left behind can match its jobs
+    log: Path
+    code: int | None = None
+
+    def tide(self, *argv: str) -> str:
+        return subprocess.run(
+            [str(lab.VENV_BIN / "tide"), *argv, "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+
+@contextmanager
+def _daemon(tmp: Path) -> Iterator[Daemon]:
+    """`tide run` with the ctl site; stopped by SIGTERM at the end, and every
+    container it may have left removed."""
+    token = _secret(tmp, "controller.token")
+    tag = uuid.uuid4().hex[:6]
+    owner, site = f"test-{tag}", f"ctl{tag}"
+    config = _config(tmp, token, _secret(tmp, "worker.token"), owner, site)
+    d = Daemon(config, owner, site, tmp / "tide.log")
+    with d.log.open("w") as log:
+        proc = subprocess.Popen(
+            [str(lab.VENV_BIN / "tide"), "run", "--config", str(d.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
-        cluster = lab.in_container(
-            lab.CM_HOST, lab.CM_CONTAINER, "bash", "-c", submit, user="physicist"
-        ).stdout.strip()
+        try:
+            yield d
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            d.code = proc.wait(timeout=60)
+            for name in _owned(owner):  # stopped first: its startd withdraws its ads
+                container = docker.from_env().containers.get(name)
+                container.stop(timeout=30)
+                container.remove(v=True)
+    text = d.log.read_text()
+    assert d.code == 0, text[-3000:]
+    assert token.read_text().strip() not in text  # the token never reaches the log
 
-        def hosts() -> list[str]:
-            return lab.in_container(
-                lab.CM_HOST, lab.CM_CONTAINER, "condor_history", cluster, "-af", "LastRemoteHost"
-            ).stdout.split()
 
-        lab.wait_for("the jobs to complete on new site workers", lambda: len(hosts()) == 2, 240)
-        assert all(h.split("@")[1].startswith("tide-ctl-") for h in hosts()), hosts()
+def _submit(site: str, seconds: int, count: int) -> str:
+    submit = (
+        f"cd $(mktemp -d) && printf '%s\\n' 'executable = /bin/sleep' 'arguments = {seconds}' "
+        "'request_cpus = 1' 'request_memory = 100MB' "
+        f"'requirements = (TARGET.TideSite == \"{site}\")' 'queue {count}' > j.sub "
+        "&& condor_submit -terse j.sub | cut -d. -f1"
+    )
+    return lab.in_container(
+        lab.CM_HOST, lab.CM_CONTAINER, "bash", "-c", submit, user="physicist"
+    ).stdout.strip()
+
+
+def _job(cluster: str, *attrs: str) -> list[str]:
+    """Attributes of a cluster's first job, from the queue or else the history."""
+    for tool in ("condor_q", "condor_history"):
+        out = lab.in_container(
+            lab.CM_HOST, lab.CM_CONTAINER, tool, f"{cluster}.0", "-af", *attrs, check=False
+        ).stdout.split()
+        if out:
+            return out
+    return []
+
+
+def _completed(cluster: str) -> list[str]:
+    """LastRemoteHost of every completed job of a cluster."""
+    return lab.in_container(
+        lab.CM_HOST, lab.CM_CONTAINER, "condor_history", cluster, "-af", "LastRemoteHost"
+    ).stdout.split()
+
+
+def _gone(d: Daemon) -> None:
+    status = d.tide("status")
+    # Every resource it made is gone: none left in any live state.
+    assert status.splitlines()[1].split() == [d.site, "0", "0", "0", "0", "0", "0"], status
+
+
+def test_daemon_scales_a_docker_site_up_for_jobs_and_back_down(tmp_path: Path) -> None:
+    with _daemon(tmp_path) as d:
+        cluster = _submit(d.site, 3, 2)
+        lab.wait_for(
+            "the jobs to complete on new site workers", lambda: len(_completed(cluster)) == 2, 240
+        )
+        hosts = _completed(cluster)
+        assert all(h.split("@")[1].startswith(f"tide-{d.site}-") for h in hosts), hosts
         lab.wait_for(
             "the idle workers to be drained and removed",
-            lambda: not _owned(owner),
+            lambda: not _owned(d.owner),
             timeout=IDLE_TIMEOUT_S + 120,
         )
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(timeout=60)
-        log.close()
-        for name in _owned(owner):
-            docker.from_env().containers.get(name).remove(force=True, v=True)
-    text = (tmp_path / "tide.log").read_text()
-    assert code == 0, text[-3000:]
-    assert token.read_text().strip() not in text  # the token never reaches the log
-    status = subprocess.run(
-        [str(lab.VENV_BIN / "tide"), "status", "--config", str(tmp_path / "tide.yml")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    # Every resource it made is gone: none left in any live state.
-    assert status.splitlines()[1].split() == ["ctl", "0", "0", "0", "0", "0", "0"], status
+    text = d.log.read_text()
+    # Each worker's startd was told to drain (a request id came back) before removal.
+    drains = [line for line in text.splitlines() if "startd draining" in line]
+    assert len(drains) >= 1, text[-3000:]
+    assert all("request=-" not in line for line in drains), drains
+    _gone(d)
+
+
+def test_an_operator_drain_lets_the_running_job_finish(tmp_path: Path) -> None:
+    with _daemon(tmp_path) as d:
+        first = _submit(d.site, 25, 1)
+        lab.wait_for("the job to run", lambda: _job(first, "JobStatus") == ["2"], 240)
+        (worker,) = _owned(d.owner)
+        rid = worker  # the container is named after its resource id
+        d.tide("drain", rid)
+        drained_at = time.time()
+        # A job that arrives now must not start on the draining worker:
+        # demand gets it a new one, and does not undo the operator's drain.
+        second = _submit(d.site, 1, 1)
+        lab.wait_for(
+            "both jobs to complete", lambda: bool(_completed(first) and _completed(second)), 240
+        )
+        assert _job(first, "ExitCode", "NumJobStarts") == ["0", "1"]  # never killed or restarted
+        assert rid not in _completed(second)[0], _completed(second)
+        assert int(_job(first, "CompletionDate")[0]) > drained_at  # it ran on after the drain
+        lab.wait_for("the workers to be removed", lambda: not _owned(d.owner), IDLE_TIMEOUT_S + 120)
+    history = [line for line in d.log.read_text().splitlines() if rid in line]
+    assert any("startd draining" in line for line in history), history
+    assert not any("undrain" in line or "demand returned" in line for line in history), history
+    _gone(d)

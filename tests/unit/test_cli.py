@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def test_drain_refused_transition_exits_1(
     with Store.open(tmp_path / "state" / "state.sqlite3") as store:
         store.add(rid, "local", 1.0, "test")
     assert main(["drain", "--config", str(path), rid]) == 1
-    assert "cannot move from requested to draining" in capsys.readouterr().err
+    assert "is requested: only a running or draining resource" in capsys.readouterr().err
 
 
 def test_run_refuses_a_readable_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -151,3 +152,61 @@ def test_configure_htcondor_writes_a_private_config(
     finally:
         assemble.remove_htcondor_config(folder)
     assert not folder.exists()
+
+
+def _tokens(tmp_path: Path, mode: int = 0o600) -> None:
+    for name in ("pool.token", "worker.token"):
+        (tmp_path / name).write_text("t")
+        (tmp_path / name).chmod(mode)
+
+
+def test_check_accepts_a_good_config_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _tokens(tmp_path)
+    path = _config(tmp_path, "    attributes: {SiteName: EXAMPLE, Tier: 2}\n")
+    assert main(["check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{path}: ok: pool pool.example.org at cm.example.org:9618, "
+        f"owner {socket.gethostname()}, 1 site: local (docker)"
+    ]
+
+
+def test_check_contacts_nothing_and_writes_no_state(tmp_path: Path) -> None:
+    # The collector cm.example.org cannot resolve here, and no state file appears.
+    _tokens(tmp_path)
+    assert main(["check", "--config", str(_config(tmp_path))]) == 0
+    assert not (tmp_path / "state").exists()
+
+
+def test_check_names_an_unknown_key_and_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _tokens(tmp_path)
+    path = _config(tmp_path, "    bogus_key: 1\n")
+    assert main(["check", "--config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [f"{path}:12: sites.local.bogus_key: unknown key"]
+
+
+def test_check_refuses_a_readable_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _tokens(tmp_path, 0o644)
+    assert main(["check", "--config", str(_config(tmp_path))]) == 2
+    assert "pool.token: mode 0644 lets group or others read a secret" in capsys.readouterr().err
+
+
+def test_check_refuses_a_missing_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--config", str(_config(tmp_path))]) == 2
+    assert "pool.token: secret file unreadable" in capsys.readouterr().err
+
+
+def test_check_names_a_bad_attribute_and_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _tokens(tmp_path)
+    path = _config(tmp_path, "    attributes:\n      Good: 1\n      bad-name: x\n")
+    assert main(["check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}:14: sites.local.attributes.bad-name: attribute 'bad-name'")

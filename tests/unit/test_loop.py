@@ -84,6 +84,37 @@ class FakeSlots:
         return dict(self.slots)
 
 
+class FakeStartds:
+    """Test double of tide.startds.Startds over FakeSlots: a drain of an
+    advertised startd with no claimed slot completes at once (its slots turn
+    "Drained"), as HTCondor's does; one with jobs stays draining."""
+
+    def __init__(self, slots: FakeSlots) -> None:
+        self.slots = slots
+        self.drains: list[str] = []
+        self.cancels: list[tuple[str, str]] = []
+        self.fail: Exception | None = None
+        self.keep_draining = False  # a drain never completes (jobs retiring)
+
+    def drain(self, site: str, resource_id: str, reason: str) -> str | None:
+        if self.fail is not None:
+            raise self.fail
+        slot = self.slots.slots.get(resource_id)
+        if slot is None:
+            return None
+        self.drains.append(resource_id)
+        done = slot.claimed_slots == 0 and not self.keep_draining
+        self.slots.slots[resource_id] = SlotState(True, slot.claimed_slots, done)
+        return f"req-{len(self.drains)}"
+
+    def cancel_drain(self, site: str, resource_id: str, request_id: str) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.cancels.append((resource_id, request_id))
+        slot = self.slots.slots[resource_id]
+        self.slots.slots[resource_id] = SlotState(True, slot.claimed_slots, False)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -99,6 +130,7 @@ class World:
         self.store = store
         self.clock = Clock()
         self.slots = FakeSlots()
+        self.startds = FakeStartds(self.slots)
         self.demand: tuple[Demand, ...] = ()
         self.complete = True
         self.sites = {name: FakeSite(name) for name in sites}
@@ -114,6 +146,7 @@ class World:
             store=store,
             demand=lambda: (self.demand, self.complete),
             slots=self.slots,
+            startds=self.startds,
             metrics=self.metrics,
             clock=self.clock,
             new_id=self._new_id,
@@ -188,6 +221,9 @@ def test_failed_create_marks_failed_and_backs_off(store: Store) -> None:
     w.clock.now += 30  # backoff over
     w.controller.cycle()
     assert len(site.created) == 3
+    assert w.controller.health("a").consecutive_failures == 1  # until a boot succeeds
+    w.slots.slots[site.created[1]] = SlotState(True, 1)
+    w.controller.cycle()
     assert w.controller.health("a").consecutive_failures == 0
 
 
@@ -385,3 +421,120 @@ def test_preview_changes_nothing(store: Store) -> None:
     assert [type(a).__name__ for a in plan.actions] == ["Create"]
     assert w.sites["a"].created == [rid]  # no create called
     assert w.states() == {rid: State.BOOTING}  # not even the move to RUNNING
+
+
+def test_drain_tells_the_startd_and_waits_for_it(store: Store) -> None:
+    w, rid = running_world(store)
+    w.slots.slots[rid] = SlotState(True, 0)
+    w.clock.now += 100
+    w.controller.cycle()  # drain: written DRAINING, then the startd is told
+    assert w.states()[rid] is State.DRAINING
+    assert w.startds.drains == [rid]
+    assert store.detail(rid)["drain_request"] == "req-1"
+    # A job matched just before the drain: the startd keeps running it.
+    w.slots.slots[rid] = SlotState(True, 1, drained=False)
+    w.controller.cycle()
+    assert w.states()[rid] is State.DRAINING
+    assert not w.sites["a"].destroyed
+    w.slots.slots[rid] = SlotState(True, 0, drained=True)  # the job finished
+    w.controller.cycle()
+    assert w.states()[rid] is State.GONE
+    assert w.startds.drains == [rid]  # told once
+
+
+def test_a_failed_startd_drain_is_told_again(store: Store) -> None:
+    w, rid = running_world(store)
+    w.startds.fail = RuntimeError("startd unreachable")
+    w.clock.now += 100
+    w.controller.cycle()
+    assert w.states()[rid] is State.DRAINING
+    assert store.detail(rid).get("drain_request") is None
+    w.controller.cycle()  # still failing: not destroyed, the startd is not drained
+    assert w.states()[rid] is State.DRAINING
+    w.startds.fail = None
+    w.controller.cycle()  # told again, drains at once (idle)
+    assert w.startds.drains == [rid]
+    w.controller.cycle()
+    assert w.states()[rid] is State.GONE
+    failures = w.metrics.site_failures.labels(site="a", operation="drain")._value.get()
+    assert failures == 2
+
+
+def test_undrain_cancels_the_startd_drain_before_recording_running(store: Store) -> None:
+    w, rid = running_world(store)
+    w.clock.now += 100
+    w.slots.slots[rid] = SlotState(True, 0)
+    w.startds.keep_draining = True
+    w.controller.cycle()
+    assert w.states()[rid] is State.DRAINING
+    w.startds.fail = RuntimeError("startd unreachable")
+    w.want(1)
+    w.controller.cycle()
+    assert w.states()[rid] is State.DRAINING  # cancel failed: not RUNNING yet
+    w.startds.fail = None
+    w.controller.cycle()
+    assert w.startds.cancels == [(rid, "req-1")]
+    assert w.states()[rid] is State.RUNNING
+    assert store.detail(rid).get("drain_request") is None
+
+
+def test_an_operator_drain_is_carried_out_and_not_undone(store: Store) -> None:
+    w, rid = running_world(store)
+    w.slots.slots[rid] = SlotState(True, 1)  # busy: the operator drains it anyway
+    store.set_detail(rid, "held", True)
+    store.move(rid, State.DRAINING, w.clock.now, "operator drain (tide drain)")
+    w.want(1)
+    w.controller.cycle()
+    assert w.startds.drains == [rid]  # the daemon told its startd
+    assert w.states()[rid] is State.DRAINING  # demand did not undo it
+    w.slots.slots[rid] = SlotState(True, 0, drained=True)
+    w.controller.cycle()
+    assert w.states()[rid] is State.GONE
+
+
+def test_boot_timeouts_feed_the_backoff(store: Store) -> None:
+    w = World(store)
+    w.want(1)
+    w.controller.cycle()
+    (first,) = w.sites["a"].created
+    w.clock.now += LIMITS.boot_timeout_s + 1
+    w.controller.cycle()  # destroyed as a failed boot; no new create while backing off
+    assert w.states()[first] is State.GONE
+    assert w.controller.health("a").consecutive_failures == 1
+    assert w.sites["a"].created == [first]
+    w.clock.now += LIMITS.backoff_base_s
+    w.controller.cycle()
+    assert len(w.sites["a"].created) == 2
+
+
+def test_reconcile_spares_a_young_boot_the_site_does_not_list_yet(store: Store) -> None:
+    w = World(store)
+    w.want(1)
+    w.controller.cycle()
+    (rid,) = w.sites["a"].created
+    w.sites["a"].owned.clear()  # the site's listing lags behind its create call
+    w.controller.reconcile()
+    assert w.states()[rid] is State.BOOTING
+    w.clock.now += 121
+    w.controller.reconcile()
+    assert w.states()[rid] is State.GONE
+
+
+def test_idle_clocks_survive_a_restart(store: Store) -> None:
+    w, _rid = running_world(store)
+    started_idle = w.clock.now
+    w.clock.now += 40
+    w.controller.cycle()
+    again = Controller(
+        sites=w.controller._sites,
+        store=store,
+        demand=lambda: ((), True),
+        slots=w.slots,
+        startds=w.startds,
+        metrics=None,
+        clock=w.clock,
+        new_id=lambda site: "unused",
+    )
+    w.clock.now = started_idle + LIMITS.idle_timeout_s
+    plan = again.cycle()
+    assert [type(a) for a in plan.actions] == [Drain]  # 50 s idle in all, across the restart

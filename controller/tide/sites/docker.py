@@ -68,6 +68,9 @@ STOP_GRACE_S = 30
 """Seconds between SIGTERM and SIGKILL when destroying: the compose project's
 stop_grace_period, time for HTCondor to vacate jobs and withdraw the slot."""
 
+DRAIN_REQUEST = "condor_drain"
+"""condor_drain prints no request id; a cancel ends every drain of the startd."""
+
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
 _MESSAGE_MAX = 500
 
@@ -236,6 +239,49 @@ class DockerSite:
                     return  # someone else is removing it
                 raise
         log.info("site %s: container %s removed", self.name, resource_id)
+
+    # --- drain (tide.startds.DrainingSite) ------------------------------------
+
+    def drain_startd(self, resource_id: str, reason: str) -> str:
+        """`condor_drain -graceful` run as root inside the worker container
+        (FS authentication to its own startd; no pool credential needed): no
+        new job starts there, running ones finish within their retirement time."""
+        self._condor_drain(resource_id, ["-graceful", "-reason", reason], "draining")
+        return DRAIN_REQUEST
+
+    def cancel_startd_drain(self, resource_id: str, request_id: str) -> None:
+        self._condor_drain(resource_id, ["-cancel"], "cancelling the drain of")
+
+    def _condor_drain(self, resource_id: str, options: list[str], doing: str) -> None:
+        # The startd's own address file names it exactly, without the collector.
+        script = (
+            'addr=$(head -n 1 "$(condor_config_val STARTD_ADDRESS_FILE)") '
+            '&& exec condor_drain "$@" "$addr"'
+        )
+        with self._calling(f"{doing} the startd of {resource_id}"):
+            try:
+                container = self._client.containers.get(resource_id)
+            except docker.errors.NotFound:
+                raise SiteError(
+                    f"site {self.name}: {doing} the startd of {resource_id}: no such container",
+                    retryable=True,
+                ) from None
+            if not self._ours(container.labels, resource_id):
+                raise SiteError(
+                    f"site {self.name}: container {resource_id} does not carry this site's "
+                    "labels: not drained",
+                    retryable=False,
+                )
+            code, output = container.exec_run(
+                ["sh", "-c", script, "condor_drain", *options], user="root"
+            )
+        if code != 0:
+            text = cast(bytes, output).decode("utf-8", "replace").strip()[-300:]
+            raise SiteError(
+                f"site {self.name}: {doing} the startd of {resource_id}: condor_drain "
+                f"exited {code}: {text}",
+                retryable=True,
+            )
 
     # --- helpers ------------------------------------------------------------
 

@@ -1,0 +1,319 @@
+"""The OpenStack site for real against a FAKE cloud: `tide run` with an
+`openstack` site talks through real openstacksdk to tests/doubles/fake_openstack
+(Keystone, Nova, Glance and Neutron on 127.0.0.1:29740, named in a clouds.yaml),
+whose "servers" are their cloud-init user data run on the lab host tide-lab-cm
+(tests/doubles/fake_openstack_hypervisor: the rendered compose project of a
+tide/condor worker, up under its own project name and port).
+
+So everything after the cloud's API is real: idle jobs -> a server created
+(with the ownership metadata and the user data the site renders) -> its
+worker's slot registers in the lab pool -> the jobs complete on it -> idle
+-> the server is deleted, its worker container is gone and its slot leaves
+the collector. What the fake cannot prove (a real Nova's scheduling,
+networking, hard power-off on delete) is listed in controller/README.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+import yaml
+
+from tests import lab
+from tests.doubles.fake_openstack import FakeOpenStack, Recorded
+from tests.doubles.fake_openstack_hypervisor import (
+    NO_VALID_HOST,
+    PROJECT_PREFIX,
+    ROOT,
+    LabHostHypervisor,
+)
+
+SITE = "fakeos"
+CLOUD = "fake"
+IDLE_TIMEOUT_S = 15
+CREATE = "POST /compute/v2.1/servers"
+DELETE = "DELETE /compute/v2.1/servers/{id}"
+
+
+@pytest.fixture
+def hypervisor() -> Iterator[LabHostHypervisor]:
+    """The lab host's fake servers; none before the test (a killed earlier run
+    may have left some), none after it, whatever happened."""
+    hv = LabHostHypervisor()
+    hv.cleanup()
+    try:
+        yield hv
+    finally:
+        hv.cleanup()
+
+
+@pytest.fixture
+def cloud(hypervisor: LabHostHypervisor) -> Iterator[FakeOpenStack]:
+    with FakeOpenStack(hypervisor) as fake:
+        yield fake
+
+
+def _write_secret(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def _config(tmp: Path, cloud: FakeOpenStack, owner: str, limits: str) -> Path:
+    token = _write_secret(tmp / "token", (lab.STATE / "secrets" / "worker.token").read_text())
+    p = cloud.project
+    config = tmp / "tide.yml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            pool:
+              collector: {lab.COLLECTOR}
+              domain: {lab.POOL_DOMAIN}
+              token_file: {token}
+            loop:
+              owner: {owner}
+              interval_s: 1
+              state_file: {tmp}/state/state.sqlite3
+            metrics:
+              port: 0
+            sites:
+              {SITE}:
+                kind: openstack
+                cloud: {CLOUD}
+                image: {p.images[0].name}
+                flavor: {p.flavors[0].name}
+                network: {p.networks[0].name}
+                key_name: {p.keypairs[0].name}
+                security_groups: [{p.security_groups[1].name}]
+                metadata: {{purpose: tide-test}}
+                worker_token_file: {token}
+                shape: {{cpus: 2, memory_mb: 1024, disk_mb: 2048}}
+                attributes: {{SiteName: FAKE-CLOUD}}
+                limits: {limits}
+            """
+        )
+    )
+    return config
+
+
+def _start(
+    tmp: Path, cloud: FakeOpenStack, config: Path
+) -> tuple[subprocess.Popen[bytes], IO[str]]:
+    clouds = _write_secret(tmp / "clouds.yaml", yaml.safe_dump(cloud.clouds_yaml(CLOUD)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    env["OS_CLIENT_CONFIG_FILE"] = str(clouds)
+    log = (tmp / "tide.log").open("w")
+    daemon = subprocess.Popen(
+        [str(lab.VENV_BIN / "tide"), "run", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    return daemon, log
+
+
+def _stop(daemon: subprocess.Popen[bytes], log: IO[str]) -> int:
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+    code = daemon.wait(timeout=60)
+    log.close()
+    return code
+
+
+def _submit(count: int) -> str:
+    """`count` 3-second jobs that only a worker of SITE can run; the cluster id."""
+    submit = (
+        "cd $(mktemp -d) && printf '%s\\n' 'executable = /bin/sleep' 'arguments = 3' "
+        "'request_cpus = 1' 'request_memory = 100MB' "
+        f"'requirements = (TARGET.TideSite == \"{SITE}\")' 'queue {count}' > j.sub "
+        "&& condor_submit -terse j.sub | cut -d. -f1"
+    )
+    cluster = lab.in_container(
+        lab.CM_HOST, lab.CM_CONTAINER, "bash", "-c", submit, user="physicist"
+    ).stdout.strip()
+    assert cluster.isdigit(), cluster
+    return cluster
+
+
+def _remove_jobs(cluster: str) -> None:
+    lab.in_container(lab.CM_HOST, lab.CM_CONTAINER, "condor_rm", cluster, check=False)
+
+
+def _cm(*argv: str) -> list[str]:
+    return lab.in_container(lab.CM_HOST, lab.CM_CONTAINER, *argv).stdout.split()
+
+
+def _slots(resource_id: str) -> list[str]:
+    return _cm("condor_status", "-const", f'TideResourceId == "{resource_id}"', "-af", "Name")
+
+
+def _containers(server_id: str) -> list[str]:
+    label = f"label=com.docker.compose.project={PROJECT_PREFIX}{server_id}"
+    argv = ["docker", "ps", "-aq", "--filter", label]
+    return lab.on_host(lab.CM_HOST, *argv).stdout.split()
+
+
+def _check_create_request(create: Recorded, cloud: FakeOpenStack, owner: str) -> str:
+    """The create request as the site must make it; returns the resource id."""
+    server = create.body["server"]
+    meta = server["metadata"]
+    rid = meta["tide-resource-id"]
+    assert meta == {
+        "purpose": "tide-test",  # the configured metadata, and the ownership tags
+        "tide-owner": owner,
+        "tide-site": SITE,
+        "tide-resource-id": rid,
+    }
+    assert server["name"] == rid
+    assert rid.startswith(f"tide-{SITE}-")
+    p = cloud.project
+    assert server["imageRef"] == p.images[0].id
+    assert server["flavorRef"] == p.flavors[0].id
+    assert server["networks"] == [{"uuid": p.networks[0].id}]
+    assert server["key_name"] == p.keypairs[0].name
+    assert server["security_groups"] == [{"name": p.security_groups[1].name}]
+    user_data = base64.b64decode(server["user_data"], validate=True).decode()
+    assert user_data.startswith("#cloud-config\n")
+    assert f'TIDE_RESOURCE_ID: "{rid}"' in user_data
+    token = (lab.STATE / "secrets" / "worker.token").read_text().strip()
+    assert token in user_data  # the user data is where the token goes, and nowhere else
+    return str(rid)
+
+
+def test_daemon_boots_a_fake_cloud_server_whose_worker_runs_jobs_then_deletes_it(
+    tmp_path: Path, cloud: FakeOpenStack, hypervisor: LabHostHypervisor
+) -> None:
+    owner = f"test-{uuid.uuid4().hex[:8]}"
+    limits = (
+        f"{{max_resources: 2, max_booting: 2, idle_timeout_s: {IDLE_TIMEOUT_S}, "
+        "boot_timeout_s: 180}"
+    )
+    config = _config(tmp_path, cloud, owner, limits)
+    daemon, log = _start(tmp_path, cloud, config)
+    cluster = ""
+    try:
+        cluster = _submit(2)
+        lab.wait_for("a server created", lambda: bool(cloud.recorded(CREATE)), 60, 0.5)
+        create = cloud.recorded(CREATE)[0]
+        assert create.status == 202
+        rid = _check_create_request(create, cloud, owner)
+        (server,) = [s for s in cloud.servers() if s.name == rid]
+
+        lab.wait_for(f"the slot of {rid} to register", lambda: bool(_slots(rid)), 180)
+        assert server.id in hypervisor.ports
+        env = lab.on_host(
+            lab.CM_HOST, "docker", "inspect", "-f", "{{json .Config.Env}}", *_containers(server.id)
+        ).stdout
+        assert f"TIDE_PORT={hypervisor.ports[server.id]}" in env
+        assert f"TIDE_RESOURCE_ID={rid}" in env
+
+        def hosts() -> list[str]:
+            return _cm("condor_history", cluster, "-af", "LastRemoteHost")
+
+        lab.wait_for("the jobs to complete", lambda: len(hosts()) == 2, 240)
+        assert all(h.endswith(f"@{rid}") for h in hosts()), hosts()
+        assert len(cloud.recorded(CREATE)) == 1  # one 2-CPU server for two 1-CPU jobs
+
+        lab.wait_for(
+            "the idle server to be deleted",
+            lambda: server.id in cloud.nova.deleted,
+            IDLE_TIMEOUT_S + 120,
+        )
+        assert not _containers(server.id)
+        assert f"{PROJECT_PREFIX}{server.id}" not in hypervisor.projects()
+        folder = lab.on_host(lab.CM_HOST, "test", "-e", f"{ROOT}/{server.id}", check=False)
+        assert folder.returncode == 1, "the server's folder is still on the lab host"
+        lab.wait_for("the slot to leave the collector", lambda: not _slots(rid), 60)
+    finally:
+        code = _stop(daemon, log)
+        if cluster:
+            _remove_jobs(cluster)
+    text = (tmp_path / "tide.log").read_text()
+    assert code == 0, text[-3000:]
+    _check_secrets_not_in(text, cloud)
+    assert not cloud.unhandled(), [(r.method, r.path) for r in cloud.unhandled()]
+    assert all(r.status != 401 for r in cloud.requests)  # authenticated throughout
+    deletes = cloud.recorded(DELETE)
+    assert [r.path.rsplit("/", 1)[1] for r in deletes] == [server.id]
+    assert not cloud.servers()
+    status = subprocess.run(
+        [str(lab.VENV_BIN / "tide"), "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert status.splitlines()[1].split() == [SITE, "0", "0", "0", "0", "0", "0"], status
+
+
+def test_daemon_survives_a_full_quota_and_retries(tmp_path: Path, cloud: FakeOpenStack) -> None:
+    cloud.project.max_servers = 0
+    owner = f"test-{uuid.uuid4().hex[:8]}"
+    limits = "{max_resources: 2, backoff_base_s: 1, backoff_max_s: 2}"
+    daemon, log = _start(tmp_path, cloud, _config(tmp_path, cloud, owner, limits))
+    cluster = ""
+    try:
+        cluster = _submit(1)
+
+        def refused() -> int:
+            return sum(r.status == 403 for r in cloud.recorded(CREATE))
+
+        lab.wait_for("two creates refused for quota", lambda: refused() >= 2, 90, 0.5)
+        assert daemon.poll() is None, "the daemon stopped on a full quota"
+    finally:
+        code = _stop(daemon, log)
+        if cluster:
+            _remove_jobs(cluster)
+    text = (tmp_path / "tide.log").read_text()
+    assert code == 0, text[-3000:]
+    failures = [line for line in text.splitlines() if 'msg="create failed"' in line]
+    assert failures, text[-3000:]
+    assert all("quota exceeded" in line for line in failures), failures
+    assert not cloud.servers()
+    _check_secrets_not_in(text, cloud)
+
+
+@pytest.mark.usefixtures("hypervisor")  # its cleanup, should anything be left
+def test_a_server_in_error_is_destroyed_after_the_boot_timeout(tmp_path: Path) -> None:
+    """A server the cloud cannot place goes to ERROR; the daemon does not read
+    that status, so it is the boot timeout that gives it back."""
+    with FakeOpenStack(LabHostHypervisor(ports=[])) as cloud:  # no port: no valid host
+        owner = f"test-{uuid.uuid4().hex[:8]}"
+        limits = "{max_resources: 1, boot_timeout_s: 10, backoff_base_s: 1, backoff_max_s: 2}"
+        daemon, log = _start(tmp_path, cloud, _config(tmp_path, cloud, owner, limits))
+        cluster = ""
+        try:
+            cluster = _submit(1)
+
+            def failed() -> list[str]:
+                return [s.id for s in cloud.servers() if s.status == "ERROR"]
+
+            lab.wait_for("a server in ERROR", lambda: bool(failed()), 60, 0.5)
+            (server,) = [s for s in cloud.servers() if s.id == failed()[0]]
+            assert server.fault is not None
+            assert NO_VALID_HOST in server.fault
+            lab.wait_for("it to be deleted", lambda: server.id in cloud.nova.deleted, 60, 0.5)
+            assert daemon.poll() is None
+        finally:
+            code = _stop(daemon, log)
+            if cluster:
+                _remove_jobs(cluster)
+    text = (tmp_path / "tide.log").read_text()
+    assert code == 0, text[-3000:]
+    assert not cloud.unhandled()
+
+
+def _check_secrets_not_in(text: str, cloud: FakeOpenStack) -> None:
+    token = (lab.STATE / "secrets" / "worker.token").read_text().strip()
+    assert token not in text, "the worker token reached the daemon's log"
+    for part in (part for part in token.split(".") if len(part) >= 8):
+        assert part not in text, "a part of the worker token reached the daemon's log"
+    assert cloud.project.password not in text, "the cloud password reached the daemon's log"
