@@ -1,5 +1,5 @@
 # Tide: one entry point for the demo, the tests, the benchmarks.
-#   make demo        a whole pool on this machine, jobs run, output shown
+#   make demo        a whole pool on this machine: jobs run; the controller scales workers up and down
 #   make demo-down   remove every lab container, volume and file the demo made
 #   make test        lint + unit + Molecule scenarios on a real lab pool (what CI runs)
 #   make quick       lint + unit + the integration tests on the running lab (inner loop)
@@ -15,7 +15,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 COLLECTION_LINK := $(STATE)/collections/ansible_collections/tide/pool
 
-.PHONY: help venv engine images collection lab demo demo-down lint unit integration quick test bench clean
+.PHONY: help venv wheelhouse engine images collection lab demo demo-down lint unit integration quick test bench clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -31,6 +31,31 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	@touch $@
 venv: $(VENV)/.installed
 
+# The controller's wheels for the lab hosts' Python (Debian trixie: 3.13),
+# pinned by requirements.lock, so the controller role installs it there with
+# no package index (controller_wheelhouse): pip, setuptools (to build the
+# project from the collection's source) and every dependency of the project
+# and of its docker sites. The project's own wheel is built only to resolve
+# its dependencies: the role installs the source itself.
+WHEELHOUSE := $(STATE)/wheelhouse
+WHEEL_PYTHON := 3.13
+WHEEL_PLATFORMS := manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_28_x86_64
+$(WHEELHOUSE)/.complete: pyproject.toml requirements.lock | $(VENV)/.installed
+	@echo "[wheelhouse] downloading the controller's wheels for Python $(WHEEL_PYTHON) to $(WHEELHOUSE)"
+	@rm -rf $(WHEELHOUSE).tmp && mkdir -p $(WHEELHOUSE).tmp/project/src
+	@tar -c --exclude='__pycache__' --exclude='*.egg-info' pyproject.toml README.md controller \
+		| tar -x -C $(WHEELHOUSE).tmp/project/src
+	@$(VENV)/bin/pip wheel -q --disable-pip-version-check --no-deps \
+		-w $(WHEELHOUSE).tmp/project $(WHEELHOUSE).tmp/project/src
+	@$(VENV)/bin/pip download -q --disable-pip-version-check --only-binary=:all: \
+		--python-version $(WHEEL_PYTHON) --implementation cp \
+		$(addprefix --platform ,$(WHEEL_PLATFORMS)) -c requirements.lock \
+		-d $(WHEELHOUSE).tmp/wheels $(WHEELHOUSE).tmp/project/tide-*.whl docker pip 'setuptools>=68'
+	@rm -f $(WHEELHOUSE).tmp/wheels/tide-*.whl
+	@rm -rf $(WHEELHOUSE) && mv $(WHEELHOUSE).tmp/wheels $(WHEELHOUSE) && rm -rf $(WHEELHOUSE).tmp
+	@touch $@
+wheelhouse: $(WHEELHOUSE)/.complete
+
 engine:
 	@images/engine.sh
 
@@ -42,13 +67,13 @@ collection:
 	@mkdir -p $(dir $(COLLECTION_LINK))
 	@ln -sfn $(CURDIR) $(COLLECTION_LINK)
 
-lab: venv images collection
+lab: venv wheelhouse images collection
 	@tests/bin/lab-hosts up
 
 demo: lab
-	ansible-playbook playbooks/central_manager.yml
-	ansible-playbook playbooks/provider.yml
+	ansible-playbook playbooks/site.yml
 	@tests/bin/demo-jobs
+	@tests/bin/demo-controller
 
 demo-down: venv
 	@tests/bin/lab-hosts down
@@ -67,7 +92,7 @@ unit: venv
 # Molecule drives the lab: each scenario (molecule/*) starts fresh lab hosts,
 # converges them, checks that a second run changes nothing, verifies
 # behaviour with tests/integration and tests/autoheal, and removes them.
-integration: venv images collection
+integration: venv wheelhouse images collection
 	molecule test --all
 
 # Inner loop, no Molecule: the same tests on the running lab (reused, and
@@ -81,6 +106,7 @@ bench: lab
 	python -m benchmarks.pool
 	python -m benchmarks.recipe
 	python -m benchmarks.controller_decide
+	python -m benchmarks.controller_loop
 
 clean: demo-down
 	@docker images --format '{{.Repository}}:{{.Tag}}' | grep '^tide/' | xargs -r docker rmi -f >/dev/null

@@ -5,7 +5,8 @@ decide_ms       one decide() over 100,000 idle jobs in 1,000 autoclusters
 decide_peak_mb  the peak memory that decide() allocates (tracemalloc, in
                 separate runs: tracing slows the timed ones down)
 
-Each metric holds its raw `runs` and their `median`. Needs no lab: run
+Each metric holds its raw `runs` and their `median` (the file's other
+metrics, benchmarks.controller_loop's, are kept). Needs no lab: run
 with `python -m benchmarks.controller_decide`. The snapshot is built
 arithmetically (no randomness), once, before anything is measured.
 """
@@ -133,14 +134,8 @@ def main() -> None:
         flush=True,
     )
 
-    timings: list[float] = []
-    for i in range(args.runs):
-        timings.append(measure_ms(snapshot))
-        print(f"[bench] decide_ms run {i + 1}: {timings[-1]:.1f}", flush=True)
-    peaks: list[float] = []
-    for i in range(args.runs):
-        peaks.append(measure_peak_mb(snapshot))
-        print(f"[bench] decide_peak_mb run {i + 1}: {peaks[-1]:.2f}", flush=True)
+    timings = report.repeat("decide_ms", args.runs, lambda: measure_ms(snapshot))
+    peaks = report.repeat("decide_peak_mb", args.runs, lambda: measure_peak_mb(snapshot))
 
     report.write(args.output, {"decide_ms": timings, "decide_peak_mb": peaks})
 

@@ -39,6 +39,8 @@ def measure_job_turnaround(schedd: Any) -> float:
     submit = (
         "mkdir -p bench && cd bench && "
         "printf 'executable = /bin/true\\nrequest_cpus = 1\\nrequest_memory = 32MB\\n"
+        # The provider hosts' workers, not the lab controller's (they advertise TideSite).
+        "requirements = (TARGET.TideSite =?= undefined)\\n"
         "log = bench.log\\nqueue\\n' > b.sub && condor_submit -terse b.sub | cut -d. -f1"
     )
     start = time.monotonic()
@@ -68,14 +70,10 @@ def main() -> None:
         htcondor2.Collector().locate(htcondor2.DaemonTypes.Schedd, lab.CM_HOST)
     )
 
-    register: list[float] = []
-    for i in range(args.runs):
-        register.append(measure_worker_register())
-        print(f"[bench] worker_register_s run {i + 1}: {register[-1]:.2f}", flush=True)
-    turnaround: list[float] = []
-    for i in range(args.runs):
-        turnaround.append(measure_job_turnaround(schedd))
-        print(f"[bench] job_turnaround_s run {i + 1}: {turnaround[-1]:.2f}", flush=True)
+    register = report.repeat("worker_register_s", args.runs, measure_worker_register)
+    turnaround = report.repeat(
+        "job_turnaround_s", args.runs, lambda: measure_job_turnaround(schedd)
+    )
 
     report.write(args.output, {"worker_register_s": register, "job_turnaround_s": turnaround})
 

@@ -110,10 +110,7 @@ def main() -> None:
             f"provider_reconverge_s {reconverge[-1]:.1f}",
             flush=True,
         )
-    restart: list[float] = []
-    for i in range(args.runs):
-        restart.append(measure_autoheal_restart())
-        print(f"[bench] autoheal_restart_s run {i + 1}: {restart[-1]:.2f}", flush=True)
+    restart = report.repeat("autoheal_restart_s", args.runs, measure_autoheal_restart)
 
     report.write(
         args.output,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -174,3 +175,29 @@ def run_job(script: str, *, on: str, user: str = "physicist", timeout: float = 2
     exit_code, owner = history()
     output = in_container(CM_HOST, CM_CONTAINER, "cat", f"{workdir}/j.out").stdout
     return JobResult(cluster, exit_code, owner, output)
+
+
+def controller_config(
+    folder: Path, *, token: Path, owner: str, sites: str, interval_s: float = 1
+) -> Path:
+    """A `tide` configuration for the lab pool in folder/tide.yml, its state in
+    folder/state, no metrics port: `sites` is the YAML of the sites mapping
+    (site names at its left margin)."""
+    config = folder / "tide.yml"
+    head = textwrap.dedent(
+        f"""\
+        pool:
+          collector: {COLLECTOR}
+          domain: {POOL_DOMAIN}
+          token_file: {token}
+        loop:
+          owner: {owner}
+          interval_s: {interval_s}
+          state_file: {folder}/state/state.sqlite3
+        metrics:
+          port: 0
+        sites:
+        """
+    )
+    config.write_text(head + textwrap.indent(textwrap.dedent(sites), "  "))
+    return config

@@ -89,6 +89,12 @@ class Slots(Protocol):
         """Slot state by TideResourceId, for every resource with an ad."""
         ...
 
+    def withdraw(self, resource_id: str) -> None:
+        """Remove a destroyed resource's startd ads from the collector: a
+        machine powered off hard (a deleted server) never withdraws them, and
+        until they expire the negotiator matches jobs to a machine that is gone."""
+        ...
+
 
 def slots_from_ads(ads: Any) -> dict[str, SlotState]:
     """Startd ads (anything with .get) -> SlotState per TideResourceId: a resource
@@ -127,6 +133,17 @@ class CollectorSlots:
             projection=list(SLOT_PROJECTION),
         )
         return slots_from_ads(ads)
+
+    def withdraw(self, resource_id: str) -> None:
+        import classad2  # noqa: PLC0415
+
+        query = classad2.ClassAd()
+        query["MyType"] = "Query"
+        query["TargetType"] = "Machine"
+        query["Requirements"] = classad2.ExprTree(
+            f"{RESOURCE_ID_ATTR} == {classad2.quote(resource_id)}"
+        )
+        self._collector.advertise([query], "INVALIDATE_STARTD_ADS")
 
 
 DemandSource = Callable[[], tuple[tuple[Demand, ...], bool]]
@@ -264,12 +281,15 @@ class Controller:
         resources: list[Resource] = []
         stale: list[Resource] = []
         seen: set[str] = set()
-        for stored in self._store.alive():
+        stored_alive = self._store.alive()
+        failed = self._failed_boots(stored_alive)
+        for stored in stored_alive:
             seen.add(stored.id)
             if stored.state in (State.STOPPING, State.FAILED):
                 stale.append(stored)
             else:
-                resources.append(self._observed(stored, slots, slots_known, now, write))
+                r = self._observed(stored, slots, slots_known, now, write)
+                resources.append(replace(r, boot_failed=r.id in failed))
         for rid in set(self._idle_since) - seen:
             del self._idle_since[rid]
         snapshot = Snapshot(
@@ -280,6 +300,25 @@ class Controller:
             health={name: self.health(name) for name in self._sites},
         )
         return Observation(snapshot, complete, slots_known, tuple(stale))
+
+    def _failed_boots(self, stored: list[Resource]) -> set[str]:
+        """Boots their site already reports failed (a server in ERROR): asked
+        only of sites with boots in flight, so a failed boot is destroyed and
+        backed off now, not at its boot timeout. A failed listing is ignored
+        (the boot timeout still applies)."""
+        booting = {r.site for r in stored if r.state in _BOOTS}
+        failed: set[str] = set()
+        for name in sorted(booting):
+            entry = self._sites.get(name)
+            if entry is None:
+                continue
+            try:
+                owned = entry[1].list_owned()
+            except Exception as exc:
+                event(log, "boot check skipped: list failed", site=name, error=str(exc))
+                continue
+            failed |= {o.resource_id for o in owned if o.failed}
+        return failed
 
     def _observed(
         self,
@@ -364,7 +403,9 @@ class Controller:
         if r is None or r.state not in _BOOTS or r.advertised:
             return False
         entry = self._sites.get(r.site)
-        return entry is not None and now - r.state_since >= entry[0].limits.boot_timeout_s
+        if entry is None:
+            return False
+        return r.boot_failed or now - r.state_since >= entry[0].limits.boot_timeout_s
 
     def cycle(self) -> Plan:
         """Observe, decide, act and record once; returns the plan acted on."""
@@ -531,6 +572,10 @@ class Controller:
         self._store.move(rid, State.GONE, now, "destroyed")
         self._idle_since.pop(rid, None)
         event(log, "destroyed", site=site, resource=rid)
+        try:
+            self._slots.withdraw(rid)
+        except Exception as exc:  # the ads expire on their own; a failure only delays that
+            self._failed(site, "withdraw", "withdrawing its slot ads failed", rid, exc)
 
     def _failed(self, site: str, operation: str, what: str, rid: str, exc: Exception) -> None:
         """A site call failed: counted, logged, and left for a later cycle."""

@@ -99,6 +99,7 @@ class Resource:
     claimed_slots: int = 0  # dynamic slots running jobs now
     idle_since: float | None = None  # when it last had no claimed slot; None: busy
     drained: bool = False  # its startd reports the drain done: no job left, none can start
+    boot_failed: bool = False  # its site reports the boot failed (it will never register)
     held: bool = False  # drained by an operator (`tide drain`): demand never undoes it
 
 

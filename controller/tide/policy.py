@@ -107,7 +107,7 @@ def _classify(
             continue
         if r.state in _BOOTS:
             timeout = sites[r.site].limits.boot_timeout_s
-            expired = not r.advertised and now - r.state_since >= timeout
+            expired = not r.advertised and (r.boot_failed or now - r.state_since >= timeout)
             (pool.timed_out if expired else pool.booting).append(r)
         elif r.state in (State.RUNNING, State.DRAINING):
             if r.claimed_slots > 0:
@@ -233,7 +233,9 @@ def _site_actions(
     actions: list[Action] = [
         Destroy(
             r.id,
-            f"boot timeout: {r.state} {now - r.state_since:.0f}s, no slot advertised",
+            f"boot failed at the site: {r.state} {now - r.state_since:.0f}s"
+            if r.boot_failed
+            else f"boot timeout: {r.state} {now - r.state_since:.0f}s, no slot advertised",
             boot_failed=True,
         )
         for r in sorted(pool.timed_out, key=lambda r: r.id)

@@ -20,9 +20,10 @@ DEVIATIONS, because every "server" shares the lab host's network namespace
 (the lab hosts use the machine's network): a cloud gives each server its own
 address, here each gets its own port instead (the override); a shell-string
 command mentioning compose is refused, as it could not be given its project.
-Deleting a server stops its project with `docker compose down -v` (its
-containers get their stop grace period, so HTCondor withdraws the slot);
-real Nova powers a VM off hard, which withdraws nothing.
+Deleting a server powers it off hard, as Nova does: its containers are
+killed (SIGKILL, so HTCondor withdraws nothing: the slot's ads stay in the
+collector until the controller withdraws them), then the project is
+removed with `docker compose down -v`.
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ class LabHostHypervisor:
 
     def destroy(self, server_id: str) -> None:
         project = PROJECT_PREFIX + server_id
-        self._on_host("docker", "compose", "-p", project, "down", "-v", "--timeout", "30")
+        self._on_host("docker", "compose", "-p", project, "kill", "-s", "SIGKILL")
+        self._on_host("docker", "compose", "-p", project, "down", "-v", "--timeout", "0")
         self._on_host("rm", "-rf", f"{ROOT}/{server_id}")
         with self._lock:
             port = self.ports.pop(server_id, None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,34 +26,22 @@ IDLE_TIMEOUT_S = 15
 
 
 def _config(tmp: Path, token: Path, worker_token: Path, owner: str, site: str) -> Path:
-    config = tmp / "tide.yml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            pool:
-              collector: {lab.COLLECTOR}
-              domain: {lab.POOL_DOMAIN}
-              token_file: {token}
-            loop:
-              owner: {owner}
-              interval_s: 1
-              state_file: {tmp}/state/state.sqlite3
-            metrics:
-              port: 0
-            sites:
-              {site}:
-                kind: docker
-                shape: {{cpus: 1, memory_mb: 512, disk_mb: 1024}}
-                attributes: {{SiteName: LAB, TideSiteKind: docker}}
-                worker_token_file: {worker_token}
-                port_range_start: 29710
-                port_range_end: 29719
-                bind_address: 127.0.0.1
-                limits: {{max_resources: 3, max_booting: 3, idle_timeout_s: {IDLE_TIMEOUT_S}}}
-            """
-        )
+    return lab.controller_config(
+        tmp,
+        token=token,
+        owner=owner,
+        sites=f"""\
+            {site}:
+              kind: docker
+              shape: {{cpus: 1, memory_mb: 512, disk_mb: 1024}}
+              attributes: {{SiteName: LAB, TideSiteKind: docker}}
+              worker_token_file: {worker_token}
+              port_range_start: 29710
+              port_range_end: 29719
+              bind_address: 127.0.0.1
+              limits: {{max_resources: 3, max_booting: 3, idle_timeout_s: {IDLE_TIMEOUT_S}}}
+            """,
     )
-    return config
 
 
 def _owned(owner: str) -> list[str]:

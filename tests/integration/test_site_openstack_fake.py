@@ -8,9 +8,10 @@ tide/condor worker, up under its own project name and port).
 So everything after the cloud's API is real: idle jobs -> a server created
 (with the ownership metadata and the user data the site renders) -> its
 worker's slot registers in the lab pool -> the jobs complete on it -> idle
--> the server is deleted, its worker container is gone and its slot leaves
-the collector. What the fake cannot prove (a real Nova's scheduling,
-networking, hard power-off on delete) is listed in controller/README.md.
+-> the server is deleted (powered off hard, as Nova does), its worker
+container is gone and the controller withdraws its slot's ads from the
+collector. What the fake cannot prove (a real Nova's scheduling and
+networking) is listed in controller/README.md.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import base64
 import os
 import signal
 import subprocess
-import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,21 +71,11 @@ def _write_secret(path: Path, text: str) -> Path:
 def _config(tmp: Path, cloud: FakeOpenStack, owner: str, limits: str) -> Path:
     token = _write_secret(tmp / "token", (lab.STATE / "secrets" / "worker.token").read_text())
     p = cloud.project
-    config = tmp / "tide.yml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            pool:
-              collector: {lab.COLLECTOR}
-              domain: {lab.POOL_DOMAIN}
-              token_file: {token}
-            loop:
-              owner: {owner}
-              interval_s: 1
-              state_file: {tmp}/state/state.sqlite3
-            metrics:
-              port: 0
-            sites:
+    return lab.controller_config(
+        tmp,
+        token=token,
+        owner=owner,
+        sites=f"""\
               {SITE}:
                 kind: openstack
                 cloud: {CLOUD}
@@ -99,10 +89,8 @@ def _config(tmp: Path, cloud: FakeOpenStack, owner: str, limits: str) -> Path:
                 shape: {{cpus: 2, memory_mb: 1024, disk_mb: 2048}}
                 attributes: {{SiteName: FAKE-CLOUD}}
                 limits: {limits}
-            """
-        )
+            """,
     )
-    return config
 
 
 def _start(
@@ -232,7 +220,9 @@ def test_daemon_boots_a_fake_cloud_server_whose_worker_runs_jobs_then_deletes_it
         assert f"{PROJECT_PREFIX}{server.id}" not in hypervisor.projects()
         folder = lab.on_host(lab.CM_HOST, "test", "-e", f"{ROOT}/{server.id}", check=False)
         assert folder.returncode == 1, "the server's folder is still on the lab host"
-        lab.wait_for("the slot to leave the collector", lambda: not _slots(rid), 60)
+        # The server was powered off hard: only the controller's withdrawal
+        # takes its ads out of the collector (they would linger 15 minutes).
+        lab.wait_for("the controller to withdraw the slot's ads", lambda: not _slots(rid), 60)
     finally:
         code = _stop(daemon, log)
         if cluster:
@@ -282,12 +272,13 @@ def test_daemon_survives_a_full_quota_and_retries(tmp_path: Path, cloud: FakeOpe
 
 
 @pytest.mark.usefixtures("hypervisor")  # its cleanup, should anything be left
-def test_a_server_in_error_is_destroyed_after_the_boot_timeout(tmp_path: Path) -> None:
-    """A server the cloud cannot place goes to ERROR; the daemon does not read
-    that status, so it is the boot timeout that gives it back."""
+def test_a_server_in_error_is_destroyed_at_once_and_backed_off(tmp_path: Path) -> None:
+    """A server the cloud cannot place goes to ERROR; the daemon sees it in the
+    site's listing (asked while boots are in flight) and gives it back as a
+    failed boot long before its boot timeout, then backs off."""
     with FakeOpenStack(LabHostHypervisor(ports=[])) as cloud:  # no port: no valid host
         owner = f"test-{uuid.uuid4().hex[:8]}"
-        limits = "{max_resources: 1, boot_timeout_s: 10, backoff_base_s: 1, backoff_max_s: 2}"
+        limits = "{max_resources: 1, boot_timeout_s: 900, backoff_base_s: 1, backoff_max_s: 2}"
         daemon, log = _start(tmp_path, cloud, _config(tmp_path, cloud, owner, limits))
         cluster = ""
         try:
@@ -302,6 +293,7 @@ def test_a_server_in_error_is_destroyed_after_the_boot_timeout(tmp_path: Path) -
             assert NO_VALID_HOST in server.fault
             lab.wait_for("it to be deleted", lambda: server.id in cloud.nova.deleted, 60, 0.5)
             assert daemon.poll() is None
+            assert "boot failed at the site" in (tmp_path / "tide.log").read_text()
         finally:
             code = _stop(daemon, log)
             if cluster:

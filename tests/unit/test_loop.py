@@ -77,11 +77,18 @@ class FakeSlots:
     def __init__(self) -> None:
         self.slots: dict[str, SlotState] = {}
         self.fail: Exception | None = None
+        self.withdrawn: list[str] = []
 
     def observe(self) -> Mapping[str, SlotState]:
         if self.fail is not None:
             raise self.fail
         return dict(self.slots)
+
+    def withdraw(self, resource_id: str) -> None:
+        self.withdrawn.append(resource_id)
+        if self.fail is not None:
+            raise self.fail
+        self.slots.pop(resource_id, None)
 
 
 class FakeStartds:
@@ -254,6 +261,7 @@ def test_idle_past_timeout_is_drained_then_destroyed(store: Store) -> None:
     assert [type(a) for a in plan.actions] == [Destroy]
     assert w.states()[rid] is State.GONE
     assert w.sites["a"].destroyed == [rid]
+    assert w.slots.withdrawn == [rid]  # its ads are taken out of the collector
 
 
 def test_busy_resource_is_not_drained(store: Store) -> None:
@@ -538,3 +546,18 @@ def test_idle_clocks_survive_a_restart(store: Store) -> None:
     w.clock.now = started_idle + LIMITS.idle_timeout_s
     plan = again.cycle()
     assert [type(a) for a in plan.actions] == [Drain]  # 50 s idle in all, across the restart
+
+
+def test_a_boot_its_site_reports_failed_is_destroyed_at_once(store: Store) -> None:
+    w = World(store)
+    w.want(1)
+    w.controller.cycle()
+    (rid,) = w.sites["a"].created
+    w.sites["a"].owned[rid] = Owned(rid, "ERROR", {"server_id": f"srv-{rid}"}, failed=True)
+    w.clock.now += 5  # long before the boot timeout
+    plan = w.controller.cycle()
+    (destroy,) = plan.actions
+    assert isinstance(destroy, Destroy)
+    assert destroy.reason.startswith("boot failed at the site")
+    assert w.states()[rid] is State.GONE
+    assert w.controller.health("a").consecutive_failures == 1  # and the site backs off

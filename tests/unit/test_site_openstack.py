@@ -669,7 +669,12 @@ def test_list_owned_keeps_only_this_controllers_servers_of_this_site() -> None:
     owned = site.list_owned()
     assert owned == [
         Owned(resource_id=RID, status="BUILD", details={"server_id": "srv-1"}),
-        Owned(resource_id="tide-cloud-44444444", status="ERROR", details={"server_id": "srv-f5"}),
+        Owned(
+            resource_id="tide-cloud-44444444",
+            status="ERROR",
+            details={"server_id": "srv-f5"},
+            failed=True,  # the cloud says it will never come up
+        ),
     ]
     assert conn.called("compute.servers") == [{"details": True, "all_projects": False}]
 

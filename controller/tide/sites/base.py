@@ -73,6 +73,7 @@ class Owned:
     resource_id: str
     status: str  # the site's own status word, raw (e.g. OpenStack's BUILD, ACTIVE, ERROR)
     details: Mapping[str, str] = field(default_factory=dict)  # as create returned them
+    failed: bool = False  # the site says it will never come up (e.g. OpenStack's ERROR)
 
 
 @dataclass(frozen=True)

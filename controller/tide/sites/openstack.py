@@ -195,6 +195,7 @@ class OpenStackSite:
                 resource_id=str(meta.get(RESOURCE_ID_TAG) or server.name),
                 status=str(server.status or "UNKNOWN"),
                 details={"server_id": str(server.id)},
+                failed=server.status == "ERROR",
             )
             for server, meta in self._owned_servers()
         ]
