@@ -1,10 +1,9 @@
 """The controller process of benchmarks.controller_loop's `reaction_s`.
 
-It runs what `tide run` runs (tide.cli._run: the configuration and its
-token checks, the pool client's configuration, the store, the real demand
-source and slot observer from tide.assemble.build_controller, metrics, and
-tide.loop.run_forever at the configured interval until SIGTERM), with one
-difference: every site's adapter is a RecordingSite. It is a measurement
+It runs what `tide run` runs (tide.daemon.run_daemon: the token checks,
+the pool client's configuration, the store, the real demand source and slot
+observer, metrics, and the loop at the configured interval until SIGTERM),
+with one difference: every site's adapter is a RecordingSite. It is a measurement
 harness, not a site: it creates nothing, lists what it was asked to create
 and not yet to destroy, and appends the wall-clock time of each call to a
 file, one JSON object a line:
@@ -19,20 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import FrameType
 from typing import TextIO
 
-from tide import assemble, logs
-from tide.config import check_secret_file, load_config
-from tide.loop import run_forever
-from tide.metrics import Metrics
-from tide.sites.base import Owned, SiteAdapter
-from tide.store import Store
+from tide.config import Config, load_config
+from tide.daemon import run_daemon
+from tide.sites.base import Owned, PoolEndpoint, SiteAdapter
 
 
 class RecordingSite:
@@ -69,33 +62,12 @@ def main() -> int:
     parser.add_argument("--record", required=True, type=Path)
     args = parser.parse_args()
     config = load_config(args.config)
-    check_secret_file(config.pool.token_file)
-    for site in config.sites.values():
-        check_secret_file(site.worker_token_file)
-    logs.setup("INFO")
-    folder = assemble.configure_htcondor(config.pool.collector, config.pool.token_file)
-    try:
-        with (
-            Store.open(config.loop.state_file, exclusive=True) as store,
-            args.record.open("a", encoding="utf-8") as record,
-        ):
-            adapters: dict[str, SiteAdapter] = {
-                name: RecordingSite(name, record) for name in config.sites
-            }
-            controller = assemble.build_controller(
-                config, store, adapters=adapters, metrics=Metrics(config.sites)
-            )
-            stop = threading.Event()
+    with args.record.open("a", encoding="utf-8") as record:
 
-            def on_signal(signum: int, frame: FrameType | None) -> None:
-                stop.set()
+        def recording(config: Config, owner: str, pool: PoolEndpoint) -> dict[str, SiteAdapter]:
+            return {name: RecordingSite(name, record) for name in config.sites}
 
-            signal.signal(signal.SIGTERM, on_signal)
-            signal.signal(signal.SIGINT, on_signal)
-            run_forever(controller, config.loop.interval_s, stop)
-    finally:
-        assemble.remove_htcondor_config(folder)
-    return 0
+        return run_daemon(config, "INFO", recording)
 
 
 if __name__ == "__main__":

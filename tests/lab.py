@@ -201,3 +201,13 @@ def controller_config(
     )
     config.write_text(head + textwrap.indent(textwrap.dedent(sites), "  "))
     return config
+
+
+def tide(config: Path, *argv: str) -> str:
+    """Run this checkout's `tide COMMAND... --config config`; its standard output."""
+    return subprocess.run(
+        [str(VENV_BIN / "tide"), *argv, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout

@@ -8,19 +8,16 @@ usage or configuration error.
 from __future__ import annotations
 
 import argparse
-import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from tide import __version__
-from tide.config import Config, ConfigError, check_secret_file, load_config
+from tide.config import Config, ConfigError, check_secret_file, check_secrets, load_config
 from tide.loop import HELD
-from tide.model import Create, Plan, State
+from tide.model import Create, Demand, Plan, State
 from tide.store import Store, StoreError
 
 
@@ -47,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         "validate the configuration as `tide run` does at start, contacting nothing",
     )
     command("plan", "show what the controller would do now, changing nothing")
-    command("status", "list the recorded resources by site and state")
+    status = command(
+        "status",
+        "resources by site and state (the state file), and the pool's idle jobs"
+        " matched to sites or to none (asked of the pool now)",
+    )
+    status.add_argument(
+        "--no-demand", action="store_true", help="show the state file only; ask the pool nothing"
+    )
     drain = command(
         "drain", "drain a resource for good: the daemon drains its startd, then removes it"
     )
@@ -114,7 +118,56 @@ def _status(config: Config, args: argparse.Namespace) -> int:
                 [[r.id, r.site, r.state.value, f"{r.state_since:.0f}"] for r in resources],
             )
         )
+    if not args.no_demand:
+        print()
+        print(_pool_demand(config))
     return 0
+
+
+def _pool_demand(config: Config) -> str:
+    """The pool's idle jobs as `tide run` sees them, as a table; a line
+    saying why when the pool cannot be asked (status never fails for that)."""
+    from tide import assemble  # noqa: PLC0415
+
+    try:
+        check_secret_file(config.pool.token_file)
+        folder = assemble.configure_htcondor(config.pool.collector, config.pool.token_file)
+    except (ConfigError, OSError) as exc:
+        return f"demand: unknown ({exc})"
+    try:
+        demand, complete = assemble.demand_source(config)()
+    except Exception as exc:
+        return f"demand: unknown: the pool at {config.pool.collector} did not answer ({exc})"
+    finally:
+        assemble.remove_htcondor_config(folder)
+    return demand_table(demand, complete)
+
+
+def demand_table(demand: Sequence[Demand], complete: bool) -> str:
+    """Idle autoclusters and the sites that can run them ("-": none can, so
+    no site is scaled for them), then the totals."""
+    rows = [
+        [
+            d.key,
+            str(d.idle_jobs),
+            str(d.cpus),
+            str(d.memory_mb),
+            str(d.disk_mb),
+            ",".join(d.sites) or "- (unmatched)",
+        ]
+        for d in sorted(demand, key=lambda d: d.key)
+    ]
+    matched = sum(d.idle_jobs for d in demand if d.sites)
+    unmatched = sum(d.idle_jobs for d in demand if not d.sites)
+    lines = [
+        _table(["DEMAND", "IDLE JOBS", "CPUS", "MEMORY_MB", "DISK_MB", "SITES"], rows)
+        if rows
+        else "demand: no idle job",
+        f"{matched} idle jobs matched to a site, {unmatched} unmatched (no site can run them)",
+    ]
+    if not complete:
+        lines.append("incomplete: a schedd did not answer; its jobs are not counted")
+    return "\n".join(lines)
 
 
 def _drain(config: Config, args: argparse.Namespace) -> int:
@@ -165,12 +218,6 @@ def _print_plan(plan: Plan) -> None:
         )
 
 
-def _check_secrets(config: Config) -> None:
-    check_secret_file(config.pool.token_file)
-    for site in config.sites.values():
-        check_secret_file(site.worker_token_file)
-
-
 def _check(config: Config, args: argparse.Namespace) -> int:
     """What `tide run` checks before it contacts anything: the file (loaded by
     main), the token files' modes and the sites' worker attributes. The
@@ -178,7 +225,7 @@ def _check(config: Config, args: argparse.Namespace) -> int:
     from tide.sites.base import worker_attributes  # noqa: PLC0415
     from tide.yaml_lines import parse_yaml  # noqa: PLC0415
 
-    _check_secrets(config)
+    check_secrets(config)
     path: Path = args.config
     doc = parse_yaml(path.read_text(encoding="utf-8"))  # loaded fine once: parses again
     errors: list[tuple[int, str]] = []
@@ -203,7 +250,7 @@ def _check(config: Config, args: argparse.Namespace) -> int:
 def _plan(config: Config, args: argparse.Namespace) -> int:
     from tide import assemble  # noqa: PLC0415
 
-    _check_secrets(config)
+    check_secrets(config)
     folder = assemble.configure_htcondor(config.pool.collector, config.pool.token_file)
     try:
         with Store.open(config.loop.state_file, exclusive=False) as store:
@@ -215,47 +262,9 @@ def _plan(config: Config, args: argparse.Namespace) -> int:
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
-    from tide import assemble, logs  # noqa: PLC0415
-    from tide.loop import run_forever  # noqa: PLC0415
-    from tide.metrics import Metrics  # noqa: PLC0415
-    from tide.sites.base import PoolEndpoint, SiteError  # noqa: PLC0415
+    from tide.daemon import run_daemon  # noqa: PLC0415
 
-    _check_secrets(config)
-    logs.setup(args.log_level)
-    folder = assemble.configure_htcondor(config.pool.collector, config.pool.token_file)
-    try:
-        with Store.open(config.loop.state_file, exclusive=True) as store:
-            pool = PoolEndpoint(config.pool.collector, config.pool.domain)
-            owner = config.loop.owner or socket.gethostname()
-            try:
-                adapters = {
-                    name: assemble.build_adapter(name, site, owner=owner, pool=pool)
-                    for name, site in config.sites.items()
-                }
-            except SiteError as exc:
-                print(f"tide run: {exc}", file=sys.stderr)
-                return 2
-            metrics = Metrics(config.sites)
-            server = metrics.serve(config.metrics.address, config.metrics.port)
-            controller = assemble.build_controller(
-                config, store, adapters=adapters, metrics=metrics
-            )
-            stop = threading.Event()
-
-            def on_signal(signum: int, frame: FrameType | None) -> None:
-                stop.set()
-
-            signal.signal(signal.SIGTERM, on_signal)
-            signal.signal(signal.SIGINT, on_signal)
-            try:
-                run_forever(controller, config.loop.interval_s, stop)
-            finally:
-                if server is not None:
-                    server.shutdown()
-                    server.server_close()
-    finally:
-        assemble.remove_htcondor_config(folder)
-    return 0
+    return run_daemon(config, args.log_level)
 
 
 if __name__ == "__main__":

@@ -193,6 +193,15 @@ class LimitsConfig(_Model):
         description="A running resource idle this long is drained. 5 minutes bridges the gap "
         "between a user's job batches without paying for long idle time.",
     )
+    lost_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A running resource whose slot has been missing from the collector this "
+        "long is destroyed; until then it counts as busy. A restarted collector has lost every "
+        "ad until the startds' next update (UPDATE_INTERVAL, 30 s in tide/condor), and that "
+        "must never make the controller give back a worker running jobs. 15 minutes is "
+        "HTCondor's CLASSAD_LIFETIME.",
+    )
     backoff_base_s: float = Field(
         default=30.0,
         ge=0,
@@ -338,6 +347,7 @@ def site_model(name: str, site: SiteConfig) -> Site:
             max_booting=lim.max_booting,
             boot_timeout_s=lim.boot_timeout_s,
             idle_timeout_s=lim.idle_timeout_s,
+            lost_timeout_s=lim.lost_timeout_s,
             backoff_base_s=lim.backoff_base_s,
             backoff_max_s=lim.backoff_max_s,
         ),
@@ -408,6 +418,13 @@ def _describe(doc: YamlDocument, err: ErrorDetails) -> tuple[int, str]:
     return doc.line_of(loc), f"{where}: {message}"
 
 
+def check_secrets(config: Config) -> None:
+    """Every token file `config` names exists and is private (check_secret_file)."""
+    check_secret_file(config.pool.token_file)
+    for site in config.sites.values():
+        check_secret_file(site.worker_token_file)
+
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -415,6 +432,7 @@ __all__ = [
     "OpenStackSiteConfig",
     "SiteConfig",
     "check_secret_file",
+    "check_secrets",
     "load_config",
     "site_model",
 ]

@@ -23,7 +23,10 @@ each cycle. An Undrain cancels the startd's drain before it is written, so
 the store never shows RUNNING a startd that takes no job.
 
 Isolation: every call to a site is wrapped; an exception from one site is
-logged and counted, and never stops the other sites or the daemon.
+logged and counted, and never stops the other sites or the daemon. A failed
+create backs its site off (SiteHealth, see tide.policy); a failed destroy is
+retried after 2, 4, 8 ... s (at most DESTROY_RETRY_MAX_S apart); a failed
+drain or undrain is retried next cycle.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ SLOT_CONSTRAINT = f"{RESOURCE_ID_ATTR} =!= undefined"
 SLOT_PROJECTION = [RESOURCE_ID_ATTR, "SlotType", "State", "Activity"]
 _BOOTS = frozenset({State.REQUESTED, State.BOOTING})
 _LIVE = frozenset({State.RUNNING, State.DRAINING})
+DESTROY_RETRY_MAX_S = 300.0
+"""A failed destroy is retried after 2, 4, 8 ... seconds, at most this long apart."""
 LISTING_GRACE_S = 120.0
 """A boot this young that its site does not list yet is not marked gone: a
 cloud's listing may lag behind its create call."""
@@ -99,14 +104,16 @@ class Slots(Protocol):
 def slots_from_ads(ads: Any) -> dict[str, SlotState]:
     """Startd ads (anything with .get) -> SlotState per TideResourceId: a resource
     is advertised if any ad names it; its claimed slots are its ads in State
-    "Claimed" (the dynamic slots running jobs); it is drained when every
-    ad is in State "Drained" (the startd finished a drain: no job left)."""
+    "Claimed" with an Activity other than "Idle" (the dynamic slots running
+    jobs: a claim left idle, e.g. one its schedd could not release while the
+    collector was away, runs nothing); it is drained when every ad is in
+    State "Drained" (the startd finished a drain: no job left)."""
     out: dict[str, SlotState] = {}
     for ad in ads:
         rid = ad.get(RESOURCE_ID_ATTR)
         if not isinstance(rid, str) or not rid:
             continue
-        claimed = 1 if ad.get("State") == "Claimed" else 0
+        claimed = 1 if ad.get("State") == "Claimed" and ad.get("Activity") != "Idle" else 0
         drained = ad.get("State") == "Drained"
         old = out.get(rid)
         if old is not None:
@@ -189,8 +196,12 @@ class Controller:
         self._new_id = new_id
         self._listing_grace_s = listing_grace_s
         self._health: dict[str, SiteHealth] = {}
+        self._destroy_retry: dict[str, tuple[int, float]] = {}  # failures, not before
         # Idle clocks survive a restart: kept in the store, read back here.
         self._idle_since: dict[str, float] = {}
+        # Since when a live resource's slot is missing from the collector (in
+        # memory: a restart only delays giving a lost resource back).
+        self._lost_since: dict[str, float] = {}
         for r in store.alive():
             since = store.detail(r.id).get(IDLE_SINCE)
             if isinstance(since, int | float) and not isinstance(since, bool):
@@ -292,6 +303,8 @@ class Controller:
                 resources.append(replace(r, boot_failed=r.id in failed))
         for rid in set(self._idle_since) - seen:
             del self._idle_since[rid]
+        for rid in set(self._lost_since) - seen:
+            del self._lost_since[rid]
         snapshot = Snapshot(
             now=now,
             sites={name: site for name, (site, _adapter) in self._sites.items()},
@@ -344,28 +357,51 @@ class Controller:
                 event(log, "running", site=r.site, resource=r.id)
             else:
                 r = replace(r, state=State.RUNNING, state_since=now)
-        idle_since: float | None = None
-        if r.state in _LIVE:
-            if not slots_known:
-                idle_since = self._idle_since.get(r.id)
-            elif slot.claimed_slots > 0:
-                if self._idle_since.pop(r.id, None) is not None and write:
-                    self._store.set_detail(r.id, IDLE_SINCE, None)
-            else:
-                idle_since = self._idle_since.get(r.id)
-                if idle_since is None:
-                    idle_since = now
-                    if write:
-                        self._idle_since[r.id] = now
-                        self._store.set_detail(r.id, IDLE_SINCE, now)
+        live = r.state in _LIVE
         return replace(
             r,
             advertised=slot.advertised,
             claimed_slots=slot.claimed_slots,
-            idle_since=idle_since,
+            idle_since=self._idle_clock(r.id, slot, slots_known, now, write) if live else None,
+            lost_since=self._lost_clock(r.id, slot, slots_known, now, write) if live else None,
             drained=drained,
             held=held,
         )
+
+    def _idle_clock(
+        self, rid: str, slot: SlotState, slots_known: bool, now: float, write: bool
+    ) -> float | None:
+        """Since when a live resource has had no claimed slot (None: busy); kept
+        in the store too, so a restart does not reset it; unchanged while blind."""
+        if not slots_known:
+            return self._idle_since.get(rid)
+        if slot.claimed_slots > 0:
+            if write and self._idle_since.pop(rid, None) is not None:
+                self._store.set_detail(rid, IDLE_SINCE, None)
+            return None
+        since = self._idle_since.get(rid)
+        if since is None:
+            since = now
+            if write:
+                self._idle_since[rid] = now
+                self._store.set_detail(rid, IDLE_SINCE, now)
+        return since
+
+    def _lost_clock(
+        self, rid: str, slot: SlotState, slots_known: bool, now: float, write: bool
+    ) -> float | None:
+        """Since when a live resource's slot has been missing from the collector
+        (None: advertised); unchanged while blind."""
+        if not slots_known:
+            return self._lost_since.get(rid)
+        if slot.advertised:
+            if write:
+                self._lost_since.pop(rid, None)
+            return None
+        since = self._lost_since.get(rid, now)
+        if write:
+            self._lost_since[rid] = since
+        return since
 
     def preview(self) -> Plan:
         """The plan a cycle would act on now; changes nothing (for `tide plan`)."""
@@ -419,7 +455,8 @@ class Controller:
         obs = self.observe(now)
         plan = self.safe(obs, decide(obs.snapshot))
         for r in obs.stale:  # destroys that failed before, and failed creates
-            self._destroy(r.id, r.site, now, "retry: still to destroy")
+            if now >= self._destroy_retry.get(r.id, (0, 0.0))[1]:
+                self._destroy(r.id, r.site, now, "retry: still to destroy")
         for action in plan.actions:
             self._act(action, now)
         acted = {getattr(a, "resource", None) for a in plan.actions}
@@ -567,8 +604,12 @@ class Controller:
         try:
             entry[1].destroy(rid, details)
         except Exception as exc:
-            self._failed(site, "destroy", "destroy failed: retried next cycle", rid, exc)
+            failures = self._destroy_retry.get(rid, (0, 0.0))[0] + 1
+            wait = min(2.0**failures, DESTROY_RETRY_MAX_S)
+            self._destroy_retry[rid] = (failures, now + wait)
+            self._failed(site, "destroy", f"destroy failed: retried in {wait:.0f}s", rid, exc)
             return
+        self._destroy_retry.pop(rid, None)
         self._store.move(rid, State.GONE, now, "destroyed")
         self._idle_since.pop(rid, None)
         event(log, "destroyed", site=site, resource=rid)

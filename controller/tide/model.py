@@ -62,6 +62,9 @@ class SiteLimits:
     idle_timeout_s: float  # a running resource idle this long is drained
     backoff_base_s: float  # after a failed boot, wait this long, doubling per failure
     backoff_max_s: float  # ... up to this
+    lost_timeout_s: float = (
+        900.0  # a running resource with no slot advertised this long is destroyed
+    )
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class Resource:
     advertised: bool = False  # its startd is in the collector
     claimed_slots: int = 0  # dynamic slots running jobs now
     idle_since: float | None = None  # when it last had no claimed slot; None: busy
+    lost_since: float | None = None  # live, but its slot missing from the collector since then
     drained: bool = False  # its startd reports the drain done: no job left, none can start
     boot_failed: bool = False  # its site reports the boot failed (it will never register)
     held: bool = False  # drained by an operator (`tide drain`): demand never undoes it

@@ -9,9 +9,11 @@ How a decision is made:
    (requested or booting), idle running, idle draining, drained and busy
    ones (a running or draining resource with a claimed slot counts as fully
    used; one with none as one free machine). A draining resource is
-   destroyed only once its startd reports the drain done (or its startd is
-   gone): a job that started in the moment before the drain is never killed.
-   One an operator drained (`held`) is never undrained by demand.
+   destroyed only once its startd reports the drain done: a job that
+   started in the moment before the drain is never killed. One an operator
+   drained (`held`) is never undrained by demand. A live resource whose slot
+   is missing from the collector counts as busy (a restarted collector has
+   lost every ad for a while) until `lost_timeout_s`, then it is destroyed.
 2. Demand is assigned to sites and packed into their machine shape (see
    `_Packer`): an autocluster's jobs go to its sites in the order it lists
    them, each site taking what fits under its quota before the next gets the
@@ -41,6 +43,7 @@ from tide.model import (
     Shape,
     Site,
     SiteHealth,
+    SiteLimits,
     Snapshot,
     State,
     Undrain,
@@ -80,12 +83,13 @@ class _Pool:
     idle: list[Resource] = field(default_factory=list)
     draining_idle: list[Resource] = field(default_factory=list)
     drained: list[Resource] = field(default_factory=list)  # to destroy: nothing runs there
+    lost: list[Resource] = field(default_factory=list)  # no slot advertised for lost_timeout_s
     busy: int = 0  # running or draining with a claimed slot: fully used
 
     @property
     def occupied(self) -> int:
         """Machines that count against the quota but serve no idle job."""
-        return self.busy + len(self.drained)
+        return self.busy + len(self.drained) + len(self.lost)
 
     @property
     def usable(self) -> int:
@@ -110,18 +114,29 @@ def _classify(
             expired = not r.advertised and (r.boot_failed or now - r.state_since >= timeout)
             (pool.timed_out if expired else pool.booting).append(r)
         elif r.state in (State.RUNNING, State.DRAINING):
-            if r.claimed_slots > 0:
-                pool.busy += 1
-            elif r.state is State.RUNNING:
-                pool.idle.append(r)
-            elif r.held:
-                if r.drained or not r.advertised:
-                    pool.drained.append(r)
-                else:
-                    pool.busy += 1  # an operator's drain still in progress
-            else:
-                pool.draining_idle.append(r)
+            _classify_live(pool, r, sites[r.site].limits, now)
     return pools
+
+
+def _classify_live(pool: _Pool, r: Resource, limits: SiteLimits, now: float) -> None:
+    """A running or draining resource, by what it can do for demand now."""
+    if not r.advertised:  # gone from the collector: dead, or the collector restarted
+        lost_for = None if r.lost_since is None else now - r.lost_since
+        if lost_for is not None and lost_for >= limits.lost_timeout_s:
+            pool.lost.append(r)
+        else:
+            pool.busy += 1  # may be running jobs: kept, and never counted free
+    elif r.claimed_slots > 0:
+        pool.busy += 1
+    elif r.state is State.RUNNING:
+        pool.idle.append(r)
+    elif r.held:
+        if r.drained:
+            pool.drained.append(r)
+        else:
+            pool.busy += 1  # an operator's drain still in progress
+    else:
+        pool.draining_idle.append(r)
 
 
 def _backing_off(site: Site, health: SiteHealth | None, now: float) -> bool:
@@ -244,6 +259,10 @@ def _site_actions(
         Destroy(r.id, "operator drain done: no job left")
         for r in sorted(pool.drained, key=lambda r: r.id)
     ]
+    actions += [
+        Destroy(r.id, f"lost: no slot advertised for {now - (r.lost_since or now):.0f}s")
+        for r in sorted(pool.lost, key=lambda r: r.id)
+    ]
 
     # Idle running machines: keep the most recently idle, drain the oldest.
     idle = sorted(pool.idle, key=lambda r: (-(now if r.idle_since is None else r.idle_since), r.id))
@@ -266,7 +285,7 @@ def _site_actions(
     actions += [
         Destroy(r.id, "drained: no job left, demand needs it no more")
         for r in spare_draining
-        if r.drained or not r.advertised
+        if r.drained
     ]
     actions += [
         Drain(r.id, f"idle {now - r.idle_since:.0f}s, unneeded: {demand}, {len(idle)} idle")

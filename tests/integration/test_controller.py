@@ -5,7 +5,10 @@ run make it create workers at once; their slots register, the jobs
 complete on them; once idle for the configured time the workers are
 drained (their startds told, as HTCondor sees it) and removed; an
 operator's `tide drain` lets a running job finish, starts no new one there
-and is not undone by demand; SIGTERM stops the daemon cleanly."""
+and is not undone by demand; a daemon killed (SIGKILL) twice, mid-create
+and mid-job, and started again leaks nothing, forgets nothing and kills no
+job; a collector that goes away and comes back knowing no slot never costs
+a busy worker; SIGTERM stops the daemon cleanly."""
 
 from __future__ import annotations
 
@@ -63,41 +66,50 @@ class Daemon:
     owner: str
     site: str  # unique per test: no ad a killed worker left behind can match its jobs
     log: Path
+    proc: subprocess.Popen[bytes] | None = None
     code: int | None = None
 
+    def start(self) -> None:
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(
+                [str(lab.VENV_BIN / "tide"), "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind, as a crash or an OOM kill."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        self.code = self.proc.wait(timeout=60)
+
     def tide(self, *argv: str) -> str:
-        return subprocess.run(
-            [str(lab.VENV_BIN / "tide"), *argv, "--config", str(self.config)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        return lab.tide(self.config, *argv)
 
 
 @contextmanager
 def _daemon(tmp: Path) -> Iterator[Daemon]:
-    """`tide run` with the ctl site; stopped by SIGTERM at the end, and every
-    container it may have left removed."""
+    """`tide run` with a site of its own; stopped by SIGTERM at the end, and
+    every container it may have left removed."""
     token = _secret(tmp, "controller.token")
     tag = uuid.uuid4().hex[:6]
     owner, site = f"test-{tag}", f"ctl{tag}"
     config = _config(tmp, token, _secret(tmp, "worker.token"), owner, site)
     d = Daemon(config, owner, site, tmp / "tide.log")
-    with d.log.open("w") as log:
-        proc = subprocess.Popen(
-            [str(lab.VENV_BIN / "tide"), "run", "--config", str(d.config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield d
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            d.code = proc.wait(timeout=60)
-            for name in _owned(owner):  # stopped first: its startd withdraws its ads
-                container = docker.from_env().containers.get(name)
-                container.stop(timeout=30)
-                container.remove(v=True)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        for name in _owned(owner):  # stopped first: its startd withdraws its ads
+            container = docker.from_env().containers.get(name)
+            container.stop(timeout=30)
+            container.remove(v=True)
     text = d.log.read_text()
     assert d.code == 0, text[-3000:]
     assert token.read_text().strip() not in text  # the token never reaches the log
@@ -182,3 +194,42 @@ def test_an_operator_drain_lets_the_running_job_finish(tmp_path: Path) -> None:
     assert any("startd draining" in line for line in history), history
     assert not any("undrain" in line or "demand returned" in line for line in history), history
     _gone(d)
+
+
+def test_a_daemon_killed_at_any_moment_leaks_and_forgets_nothing(tmp_path: Path) -> None:
+    with _daemon(tmp_path) as d:
+        cluster = _submit(d.site, 20, 2)
+        # Killed as soon as it has asked the engine for workers: whatever the
+        # store and the engine hold then, the next daemon must sort it out.
+        lab.wait_for("workers to be created", lambda: bool(_owned(d.owner)), 120, 0.2)
+        d.kill()
+        d.start()
+        lab.wait_for("the jobs to run", lambda: _job(cluster, "JobStatus") == ["2"], 240)
+        # Killed again while the jobs run: the running workers are adopted,
+        # not destroyed; the jobs finish where they started.
+        d.kill()
+        d.start()
+        lab.wait_for("the jobs to complete", lambda: len(_completed(cluster)) == 2, 240)
+        assert _job(cluster, "NumJobStarts") == ["1"]
+        lab.wait_for("the workers to be removed", lambda: not _owned(d.owner), 180)
+    _gone(d)  # nothing alive in the store either: no resource forgotten or leaked
+
+
+def test_a_collector_restart_never_kills_a_busy_worker(tmp_path: Path) -> None:
+    with _daemon(tmp_path) as d:
+        cluster = _submit(d.site, 40, 1)
+        lab.wait_for("the job to run", lambda: _job(cluster, "JobStatus") == ["2"], 240)
+        (worker,) = _owned(d.owner)
+        # The collector goes away, then comes back knowing no slot until the
+        # startds' next update (UPDATE_INTERVAL, 30 s): for a while the
+        # daemon cannot ask, then it is told the busy worker is not there.
+        lab.in_container(lab.CM_HOST, lab.CM_CONTAINER, "condor_off", "-daemon", "collector")
+        time.sleep(5)
+        lab.in_container(lab.CM_HOST, lab.CM_CONTAINER, "condor_on", "-daemon", "collector")
+        lab.wait_for("the job to complete", lambda: bool(_completed(cluster)), 300)
+        assert _job(cluster, "ExitCode", "NumJobStarts") == ["0", "1"]  # never killed
+        lab.wait_for("the worker to be removed", lambda: not _owned(d.owner), 180)
+    lines = d.log.read_text().splitlines()
+    stopping = [line for line in lines if "msg=stopping" in line and worker in line]
+    # Given back only after its job, as a drained worker, never while blind.
+    assert all("drained: no job left" in line for line in stopping), stopping

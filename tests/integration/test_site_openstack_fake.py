@@ -235,12 +235,7 @@ def test_daemon_boots_a_fake_cloud_server_whose_worker_runs_jobs_then_deletes_it
     deletes = cloud.recorded(DELETE)
     assert [r.path.rsplit("/", 1)[1] for r in deletes] == [server.id]
     assert not cloud.servers()
-    status = subprocess.run(
-        [str(lab.VENV_BIN / "tide"), "status", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    status = lab.tide(config, "status")
     assert status.splitlines()[1].split() == [SITE, "0", "0", "0", "0", "0", "0"], status
 
 

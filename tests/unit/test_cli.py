@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tide import __version__
-from tide.cli import main
-from tide.model import State
+from tide.cli import demand_table, main
+from tide.model import Demand, State
 from tide.store import Store
 
 
@@ -39,7 +39,7 @@ def _config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "tide.yaml"
     path.write_text(
         "pool:\n"
-        "  collector: cm.example.org:9618\n"
+        "  collector: 127.0.0.1:9\n"  # the discard port: nothing answers
         "  domain: pool.example.org\n"
         f"  token_file: {tmp_path}/pool.token\n"
         "loop:\n"
@@ -168,13 +168,13 @@ def test_check_accepts_a_good_config_in_one_line(
     assert main(["check", "--config", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        f"{path}: ok: pool pool.example.org at cm.example.org:9618, "
+        f"{path}: ok: pool pool.example.org at 127.0.0.1:9, "
         f"owner {socket.gethostname()}, 1 site: local (docker)"
     ]
 
 
 def test_check_contacts_nothing_and_writes_no_state(tmp_path: Path) -> None:
-    # The collector cm.example.org cannot resolve here, and no state file appears.
+    # Nothing answers at 127.0.0.1:9, and no state file appears.
     _tokens(tmp_path)
     assert main(["check", "--config", str(_config(tmp_path))]) == 0
     assert not (tmp_path / "state").exists()
@@ -210,3 +210,34 @@ def test_check_names_a_bad_attribute_and_its_line(
     assert main(["check", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{path}:14: sites.local.attributes.bad-name: attribute 'bad-name'")
+
+
+def test_status_says_why_demand_is_unknown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--config", str(_config(tmp_path))]) == 0  # still a status
+    out = capsys.readouterr().out
+    assert "demand: unknown" in out
+    assert "pool.token" in out  # the token file is missing: said so
+
+
+def test_status_without_demand_asks_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--no-demand", "--config", str(_config(tmp_path))]) == 0
+    assert "demand" not in capsys.readouterr().out
+
+
+def test_demand_table_shows_matched_and_unmatched_jobs() -> None:
+    demand = [
+        Demand("cm#2", 5, 3, 900, 10, ("fat",)),
+        Demand("cm#1", 2, 1, 100, 10, ()),
+        Demand("cm#3", 1, 1, 100, 10, ("fat", "small")),
+    ]
+    lines = demand_table(demand, complete=False).splitlines()
+    assert lines[0].split() == ["DEMAND", "IDLE", "JOBS", "CPUS", "MEMORY_MB", "DISK_MB", "SITES"]
+    assert lines[1].split() == ["cm#1", "2", "1", "100", "10", "-", "(unmatched)"]
+    assert lines[2].split() == ["cm#2", "5", "3", "900", "10", "fat"]
+    assert lines[3].split() == ["cm#3", "1", "1", "100", "10", "fat,small"]
+    assert lines[4] == "6 idle jobs matched to a site, 2 unmatched (no site can run them)"
+    assert lines[5].startswith("incomplete: a schedd did not answer")

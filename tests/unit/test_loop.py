@@ -279,10 +279,17 @@ def test_stopping_is_retried_after_a_failed_destroy(store: Store) -> None:
     w.controller.cycle()  # drain
     w.controller.cycle()  # destroy fails
     assert w.states()[rid] is State.STOPPING
-    w.controller.cycle()  # retried, fails again
+    w.controller.cycle()  # not retried at once: the API had trouble
+    assert site.destroyed == [rid]
+    w.clock.now += 2
+    w.controller.cycle()  # retried after 2 s, fails again
     assert site.destroyed == [rid, rid]
     assert w.states()[rid] is State.STOPPING
     site.fail_destroy = None
+    w.clock.now += 2
+    w.controller.cycle()  # 4 s after the last failure: not yet
+    assert site.destroyed == [rid, rid]
+    w.clock.now += 2
     w.controller.cycle()
     assert w.states()[rid] is State.GONE
     assert site.destroyed == [rid, rid, rid]
@@ -391,8 +398,10 @@ def test_one_site_raising_does_not_stop_another(store: Store) -> None:
 def test_slots_from_ads_counts_claimed_dynamic_slots() -> None:
     ads = [
         {"TideResourceId": "r1", "SlotType": "Partitionable", "State": "Unclaimed"},
-        {"TideResourceId": "r1", "SlotType": "Dynamic", "State": "Claimed"},
-        {"TideResourceId": "r1", "SlotType": "Dynamic", "State": "Claimed"},
+        {"TideResourceId": "r1", "SlotType": "Dynamic", "State": "Claimed", "Activity": "Busy"},
+        {"TideResourceId": "r1", "SlotType": "Dynamic", "State": "Claimed", "Activity": "Busy"},
+        # A claim its schedd keeps but runs nothing on is not a job.
+        {"TideResourceId": "r2", "SlotType": "Dynamic", "State": "Claimed", "Activity": "Idle"},
         {"TideResourceId": "r2", "SlotType": "Partitionable", "State": "Unclaimed"},
         {"SlotType": "Partitionable", "State": "Claimed"},
     ]
@@ -561,3 +570,23 @@ def test_a_boot_its_site_reports_failed_is_destroyed_at_once(store: Store) -> No
     assert destroy.reason.startswith("boot failed at the site")
     assert w.states()[rid] is State.GONE
     assert w.controller.health("a").consecutive_failures == 1  # and the site backs off
+
+
+def test_a_collector_that_lost_every_ad_never_costs_a_live_worker(store: Store) -> None:
+    w, rid = running_world(store, idle=False)
+    w.slots.slots = {}  # the collector restarted: it answers, but knows no slot yet
+    for _ in range(5):
+        w.clock.now += 100  # far past the idle timeout
+        plan = w.controller.cycle()
+        assert not [a for a in plan.actions if isinstance(a, Drain | Destroy)]
+    assert w.states()[rid] is State.RUNNING
+    w.slots.slots[rid] = SlotState(True, 1)  # the startd's next update
+    w.controller.cycle()
+    w.slots.slots = {}  # and if it never comes back, it is given back as lost
+    w.controller.cycle()
+    w.clock.now += 900
+    plan = w.controller.cycle()
+    assert [a.reason for a in plan.actions if isinstance(a, Destroy)] == [
+        "lost: no slot advertised for 900s"
+    ]
+    assert w.states()[rid] is State.GONE

@@ -343,8 +343,19 @@ def test_a_draining_resource_waits_for_its_startd_to_finish_the_drain() -> None:
     # job matched just before the drain may be starting there.
     plan = decide(snap(resources=(draining("d1", drained=False),)))
     assert plan.actions == ()
-    gone = replace(draining("d1", drained=False), advertised=False)  # its startd left the pool
-    assert bare(decide(snap(resources=(gone,)))) == [("destroy", "d1", None)]
+
+
+def test_a_live_resource_missing_from_the_collector_is_kept_until_lost() -> None:
+    # A restarted collector has lost every ad for a while: the worker may be
+    # running jobs, so it counts as busy (not free, not drained) ...
+    for r in (draining("d1", drained=False), idle("i1"), busy("b1")):
+        gone = replace(r, advertised=False, claimed_slots=0, lost_since=NOW - 899)
+        assert bare(decide(snap(resources=(gone,)))) == []
+        assert bare(decide(snap(demand=(jobs(8),), resources=(gone,)))) == [("create", "a", 1)]
+        # ... until it has been missing for lost_timeout_s (900 s by default).
+        lost = replace(gone, lost_since=NOW - 900)
+        (action,) = decide(snap(resources=(lost,))).actions
+        assert action == Destroy(r.id, "lost: no slot advertised for 900s")
 
 
 def test_an_operator_drain_is_never_undone_by_demand() -> None:

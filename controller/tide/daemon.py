@@ -1,0 +1,72 @@
+"""`tide run`: the daemon's whole life, from a validated Config to SIGTERM.
+
+It checks the secret files, sets up logging and the pool client's private
+configuration, opens the state file (one daemon per file), builds every
+site's adapter, serves the metrics, and runs the loop until SIGTERM or
+SIGINT. `adapters` lets a measurement harness put its own sites in place of
+the configured ones and still run exactly this path.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from types import FrameType
+
+from tide import assemble, logs
+from tide.config import Config, check_secrets
+from tide.loop import run_forever
+from tide.metrics import Metrics
+from tide.sites.base import PoolEndpoint, SiteAdapter, SiteError
+from tide.store import Store
+
+AdapterFactory = Callable[[Config, str, PoolEndpoint], Mapping[str, SiteAdapter]]
+"""(config, owner, pool) -> an adapter for every configured site."""
+
+
+def configured_adapters(config: Config, owner: str, pool: PoolEndpoint) -> dict[str, SiteAdapter]:
+    """The adapters of the configured sites. Raises SiteError for a bad site."""
+    return {
+        name: assemble.build_adapter(name, site, owner=owner, pool=pool)
+        for name, site in config.sites.items()
+    }
+
+
+def run_daemon(
+    config: Config, log_level: str, adapters: AdapterFactory = configured_adapters
+) -> int:
+    """Run until SIGTERM or SIGINT; 0 then, 2 if a site cannot be set up."""
+    check_secrets(config)
+    logs.setup(log_level)
+    folder = assemble.configure_htcondor(config.pool.collector, config.pool.token_file)
+    try:
+        with Store.open(config.loop.state_file, exclusive=True) as store:
+            pool = PoolEndpoint(config.pool.collector, config.pool.domain)
+            owner = config.loop.owner or socket.gethostname()
+            try:
+                sites = adapters(config, owner, pool)
+            except SiteError as exc:
+                print(f"tide run: {exc}", file=sys.stderr)
+                return 2
+            metrics = Metrics(config.sites)
+            server = metrics.serve(config.metrics.address, config.metrics.port)
+            controller = assemble.build_controller(config, store, adapters=sites, metrics=metrics)
+            stop = threading.Event()
+
+            def on_signal(signum: int, frame: FrameType | None) -> None:
+                stop.set()
+
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+            try:
+                run_forever(controller, config.loop.interval_s, stop)
+            finally:
+                if server is not None:
+                    server.shutdown()
+                    server.server_close()
+    finally:
+        assemble.remove_htcondor_config(folder)
+    return 0
