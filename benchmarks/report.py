@@ -63,7 +63,9 @@ def summary(runs: list[float], *, with_p95: bool = False) -> dict[str, Any]:
 
 
 def source() -> dict[str, Any]:
-    """The commit of the working tree (short) and whether it had uncommitted changes."""
+    """The commit of the working tree (short) and whether it had uncommitted
+    changes, not counting the results files themselves (a run of one
+    benchmark must not mark the next one's figures dirty)."""
 
     def git(*argv: str) -> str:
         return subprocess.run(
@@ -72,7 +74,7 @@ def source() -> dict[str, Any]:
 
     return {
         "commit": git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(git("status", "--porcelain")),
+        "dirty": bool(git("status", "--porcelain", "--", ".", ":(exclude)benchmarks/results")),
     }
 
 
