@@ -16,7 +16,9 @@ its boot timeout, is dropped from the plan: an outage of the pool's daemons
 must never make the controller kill live resources. Scale-up, undrain and
 boot-timeout destroys still happen.
 
-Draining: a Drain is written (DRAINING) before the startd is told, and a
+Draining: a Drain is written (DRAINING) before the startd is told (by the
+site; where the site cannot reach it, its slot ads are withdrawn from the
+collector instead, so no new job is matched there), and a
 DRAINING resource whose startd has not accepted a drain yet (a failed
 call, a crash in between, or `tide drain` by an operator) is told again
 each cycle. An Undrain cancels the startd's drain before it is written, so
@@ -511,7 +513,19 @@ class Controller:
             self._failed(site, "drain", "startd drain failed: retried next cycle", rid, exc)
             return
         self._store.set_detail(rid, DRAIN_REQUEST, request or "")
-        event(log, "startd draining", site=site, resource=rid, request=request or "-")
+        if request is not None:
+            event(log, "startd draining", site=site, resource=rid, request=request)
+            return
+        # The site cannot reach the startd: take its slot out of the collector
+        # instead, so the negotiator matches no new job there; a job matched
+        # just before shows up claimed in the startd's next update and keeps
+        # the resource alive.
+        try:
+            self._slots.withdraw(rid)
+        except Exception as exc:
+            self._failed(site, "withdraw", "withdrawing its slot ads failed", rid, exc)
+            return
+        event(log, "slot withdrawn from the collector", site=site, resource=rid)
 
     def _undrain(self, rid: str, site: str, now: float, reason: str) -> None:
         """Cancel the startd's drain, then record RUNNING (never the other way

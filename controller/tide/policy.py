@@ -120,7 +120,8 @@ def _classify(
 
 def _classify_live(pool: _Pool, r: Resource, limits: SiteLimits, now: float) -> None:
     """A running or draining resource, by what it can do for demand now."""
-    if not r.advertised:  # gone from the collector: dead, or the collector restarted
+    withdrawn = r.state is State.DRAINING and r.drained  # by us, for a site that cannot drain
+    if not r.advertised and not withdrawn:  # gone from the collector: dead, or it restarted
         lost_for = None if r.lost_since is None else now - r.lost_since
         if lost_for is not None and lost_for >= limits.lost_timeout_s:
             pool.lost.append(r)

@@ -102,12 +102,13 @@ class FakeStartds:
         self.cancels: list[tuple[str, str]] = []
         self.fail: Exception | None = None
         self.keep_draining = False  # a drain never completes (jobs retiring)
+        self.can_drain = True  # False: a site without a channel to its startds (OpenStack)
 
     def drain(self, site: str, resource_id: str, reason: str) -> str | None:
         if self.fail is not None:
             raise self.fail
         slot = self.slots.slots.get(resource_id)
-        if slot is None:
+        if slot is None or not self.can_drain:
             return None
         self.drains.append(resource_id)
         done = slot.claimed_slots == 0 and not self.keep_draining
@@ -589,4 +590,31 @@ def test_a_collector_that_lost_every_ad_never_costs_a_live_worker(store: Store) 
     assert [a.reason for a in plan.actions if isinstance(a, Destroy)] == [
         "lost: no slot advertised for 900s"
     ]
+    assert w.states()[rid] is State.GONE
+
+
+def test_a_site_that_cannot_drain_gets_its_slot_withdrawn_first(store: Store) -> None:
+    w, rid = running_world(store)
+    w.startds.can_drain = False
+    w.clock.now += 100
+    w.controller.cycle()  # drain: its ads leave the collector, no new match there
+    assert w.states()[rid] is State.DRAINING
+    assert w.slots.withdrawn == [rid]
+    assert store.detail(rid)["drain_request"] == ""
+    w.slots.slots[rid] = SlotState(True, 1)  # a job matched just before: it shows up
+    w.controller.cycle()
+    assert w.states()[rid] is State.DRAINING  # kept while the job runs
+    del w.slots.slots[rid]
+    w.slots.slots[rid] = SlotState(True, 0)  # done
+    w.controller.cycle()
+    assert w.states()[rid] is State.GONE
+
+
+def test_a_withdrawn_idle_slot_is_given_back_next_cycle(store: Store) -> None:
+    w, rid = running_world(store)
+    w.startds.can_drain = False
+    w.clock.now += 100
+    w.controller.cycle()
+    assert rid not in w.slots.slots  # withdrawn: the collector no longer has it
+    w.controller.cycle()
     assert w.states()[rid] is State.GONE
