@@ -93,7 +93,8 @@ unit: venv
 # converges them, checks that a second run changes nothing, verifies
 # behaviour with tests/integration and tests/autoheal, and removes them.
 integration: venv wheelhouse images collection
-	molecule test --all
+	@rm -f $(STATE)/verify.xml
+	@molecule test --all || { python tests/bin/test-failures $(STATE)/verify.xml; exit 1; }
 
 # Inner loop, no Molecule: the same tests on the running lab (reused, and
 # converged again first).

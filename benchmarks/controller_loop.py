@@ -48,7 +48,7 @@ from tests import lab
 
 from benchmarks import report
 from tide import assemble
-from tide.config import load_config
+from tide.config import DockerSiteConfig, load_config
 from tide.store import Store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "controller.json"
@@ -533,7 +533,9 @@ def measure_end_to_end(bench: Bench, trials: int) -> dict[str, Any]:
         limits: {{max_resources: 1, max_booting: 1, idle_timeout_s: {E2E_IDLE_TIMEOUT_S}}}
         """,
     )
-    image = load_config(config).sites[site].image
+    site_config = load_config(config).sites[site]
+    assert isinstance(site_config, DockerSiteConfig)
+    image = site_config.image
     cycle_s = _negotiator_s("NEGOTIATOR_CYCLE_DELAY")
     cycle_s = NEGOTIATOR_CYCLE_DELAY_S if cycle_s is None else cycle_s
     e2e = EndToEnd(bench, site, owner, config.parent, trials, cycle_s)

@@ -17,7 +17,14 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from tide.config import Config, DockerSiteConfig, OpenStackSiteConfig, SiteConfig, site_model
+from tide.config import (
+    Config,
+    DockerSiteConfig,
+    OpenStackSiteConfig,
+    SiteConfig,
+    SlurmBackfillSiteConfig,
+    site_model,
+)
 from tide.loop import CollectorSlots, Controller, DemandSource
 from tide.metrics import Metrics
 from tide.model import Demand, Site
@@ -73,6 +80,8 @@ def build_adapter(name: str, site: SiteConfig, *, owner: str, pool: PoolEndpoint
             pool=pool,
             worker_token_file=site.worker_token_file,
         )
+    if isinstance(site, SlurmBackfillSiteConfig):
+        return _slurm_adapter(name, site, owner=owner, pool=pool)
     assert isinstance(site, OpenStackSiteConfig)
     import openstack  # noqa: PLC0415
 
@@ -85,6 +94,38 @@ def build_adapter(name: str, site: SiteConfig, *, owner: str, pool: PoolEndpoint
         owner=owner,
         pool=pool,
         worker_token=site.worker_token_file.read_text(encoding="utf-8"),
+    )
+
+
+def _slurm_adapter(
+    name: str, site: SlurmBackfillSiteConfig, *, owner: str, pool: PoolEndpoint
+) -> SiteAdapter:
+    from tide.executors import Executor, LocalExecutor, SshExecutor, SshTarget  # noqa: PLC0415
+    from tide.sites.slurm import SlurmBackfillSite  # noqa: PLC0415
+
+    executor: Executor
+    if site.login is None:
+        executor = LocalExecutor()
+    else:
+        login = site.login
+        executor = SshExecutor(
+            SshTarget(
+                host=login.host,
+                port=login.port,
+                user=login.user,
+                key_file=login.key_file,
+                known_hosts_file=login.known_hosts_file,
+                max_sessions=login.max_sessions,
+            )
+        )
+    return SlurmBackfillSite(
+        name,
+        site,
+        executor=executor,
+        owner=owner,
+        pool=pool,
+        worker_token_file=site.worker_token_file,
+        shape=site_model(name, site).shape,
     )
 
 

@@ -1,5 +1,5 @@
 """The `tide` command line: run the daemon, check its configuration, preview a
-plan, show or drain resources.
+plan, show or drain resources, evacuate a backfill site and resume it.
 
 Exit codes: 0 done, 1 the command failed (e.g. an unknown resource), 2 a
 usage or configuration error.
@@ -15,9 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tide import __version__
-from tide.config import Config, ConfigError, check_secret_file, check_secrets, load_config
-from tide.loop import HELD
-from tide.model import Create, Demand, Plan, State
+from tide.config import (
+    Config,
+    ConfigError,
+    SlurmBackfillSiteConfig,
+    check_secret_file,
+    check_secrets,
+    load_config,
+)
+from tide.loop import EVACUATE, HELD, PAUSED
+from tide.model import ALIVE, Create, Demand, Plan, State
 from tide.store import Store, StoreError
 
 
@@ -56,6 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
         "drain", "drain a resource for good: the daemon drains its startd, then removes it"
     )
     drain.add_argument("resource")
+    evacuate = command(
+        "evacuate",
+        "give a backfill site's nodes back to its owners now (maintenance, data taking):"
+        " running jobs are vacated to their schedds, and the site boots nothing until"
+        " `tide resume`",
+    )
+    evacuate.add_argument("--site", required=True)
+    evacuate.add_argument(
+        "--nodes", type=int, default=None, help="how many (the least busy first); default: all"
+    )
+    evacuate.add_argument(
+        "--wait-s",
+        type=float,
+        default=60.0,
+        help="wait this long for the daemon to give them back (0: do not wait)",
+    )
+    resume = command("resume", "let an evacuated backfill site boot again")
+    resume.add_argument("--site", required=True)
     return parser
 
 
@@ -75,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": _check,
         "status": _status,
         "drain": _drain,
+        "evacuate": _evacuate,
+        "resume": _resume,
         "plan": _plan,
         "run": _run,
     }
@@ -191,6 +218,65 @@ def _drain(config: Config, args: argparse.Namespace) -> int:
         f"{resource}: draining; the daemon drains its startd (running jobs finish),"
         " then removes it. Demand does not undo an operator's drain."
     )
+    return 0
+
+
+def _backfill_site(config: Config, site: str) -> str | None:
+    """Why `site` cannot be evacuated, or None."""
+    if site not in config.sites:
+        return f"no site {site!r} in the configuration (sites: {', '.join(sorted(config.sites))})"
+    if not isinstance(config.sites[site], SlurmBackfillSiteConfig):
+        return f"site {site!r} is not a backfill site (kind slurm_backfill): nothing to give back"
+    return None
+
+
+def _evacuate(config: Config, args: argparse.Namespace) -> int:
+    site: str = args.site
+    problem = _backfill_site(config, site)
+    if problem is None and args.nodes is not None and args.nodes < 1:
+        problem = f"--nodes {args.nodes}: give at least 1 (or leave it out for all)"
+    if problem is not None:
+        print(f"tide: {problem}", file=sys.stderr)
+        return 2
+    with Store.open(config.loop.state_file, exclusive=False) as store:
+        before = {r.id for r in store.alive(site) if r.state in ALIVE}
+        store.set_site_detail(site, PAUSED, True)
+        store.set_site_detail(site, EVACUATE, "all" if args.nodes is None else args.nodes)
+        want = len(before) if args.nodes is None else min(args.nodes, len(before))
+        print(
+            f"{site}: paused (no new boot until `tide resume --site {site}`); asked the daemon"
+            f" to give back {want} of {len(before)} resources"
+        )
+        deadline = time.monotonic() + args.wait_s
+        started = time.monotonic()
+        gone = 0
+        while args.wait_s > 0 and gone < want:
+            alive = {r.id for r in store.alive(site) if r.state in ALIVE}
+            now_gone = len(before - alive)
+            if now_gone != gone:
+                gone = now_gone
+                print(f"{site}: {gone} of {want} given back ({time.monotonic() - started:.1f}s)")
+            if time.monotonic() >= deadline:
+                print(
+                    f"tide: {site}: {want - gone} not given back after {args.wait_s:.0f}s:"
+                    " is the daemon running? (`systemctl status tide-controller`)",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(0.2)
+    return 0
+
+
+def _resume(config: Config, args: argparse.Namespace) -> int:
+    site: str = args.site
+    problem = _backfill_site(config, site)
+    if problem is not None:
+        print(f"tide: {problem}", file=sys.stderr)
+        return 2
+    with Store.open(config.loop.state_file, exclusive=False) as store:
+        store.set_site_detail(site, PAUSED, False)
+        store.set_site_detail(site, EVACUATE, None)
+    print(f"{site}: resumed; the daemon boots there again when jobs wait and the owners do not")
     return 0
 
 

@@ -215,6 +215,14 @@ class LimitsConfig(_Model):
         "enough to notice its recovery.",
     )
 
+    owner_quiet_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Backfill sites: boot again only once the owners have had no job "
+        "waiting for this long. A minute keeps a burst of owner jobs from making Tide "
+        "submit and evacuate pilots in turn.",
+    )
+
     @model_validator(mode="after")
     def _backoff_order(self) -> Self:
         if self.backoff_max_s < self.backoff_base_s:
@@ -316,7 +324,108 @@ class OpenStackSiteConfig(_SiteBase):
     )
 
 
-SiteConfig = Annotated[DockerSiteConfig | OpenStackSiteConfig, Field(discriminator="kind")]
+_SLURM_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_SLURM_WALLTIME = r"^([0-9]+-)?[0-9]{1,3}:[0-9]{2}:[0-9]{2}$"
+
+
+class SshLoginConfig(_Model):
+    host: str = Field(min_length=1, description="The cluster's login node. Required.")
+    port: int = Field(default=22, ge=1, le=65535, description="Its SSH port; the standard one.")
+    user: str = Field(
+        min_length=1,
+        description="The account Tide submits pilots as. Required: it is the site's to give.",
+    )
+    key_file: FilePath = Field(
+        description="Private key of that account (mode 0600). Required; a path only: the "
+        "key never sits in this file. Only key authentication is used."
+    )
+    known_hosts_file: FilePath = Field(
+        description="known_hosts with the login node's host key. Required: host keys are "
+        "always verified, never accepted on first use."
+    )
+    max_sessions: int = Field(
+        default=8,
+        ge=1,
+        description="Commands in flight at once over the one connection. 8 stays well under "
+        "OpenSSH's default MaxSessions (10).",
+    )
+
+
+class SlurmBackfillSiteConfig(_SiteBase):
+    kind: Literal["slurm_backfill"] = Field(
+        description="Workers are pilot jobs in a Slurm cluster's backfill partition, given "
+        "back to the cluster's owners when they wait."
+    )
+    login: SshLoginConfig | None = Field(
+        default=None,
+        description="Reach Slurm over SSH through this login node. None (the default) runs "
+        "the Slurm commands locally: the controller runs on a host of the cluster.",
+    )
+    partition: Annotated[str, Field(pattern=_SLURM_NAME)] = Field(
+        description="The partition pilots are submitted to: the cluster's backfill (low "
+        "priority, preemptable) partition. Required: clusters name it differently."
+    )
+    qos: Annotated[str, Field(pattern=_SLURM_NAME)] | None = Field(
+        default=None, description="QOS of the pilots; none by default (the partition's)."
+    )
+    account: Annotated[str, Field(pattern=_SLURM_NAME)] | None = Field(
+        default=None, description="Account charged for the pilots; none: the user's default."
+    )
+    walltime: Annotated[str, Field(pattern=_SLURM_WALLTIME)] = Field(
+        default="12:00:00",
+        description="Time limit of one pilot ([D-]HH:MM:SS). 12 h fits common backfill "
+        "limits; a pilot ends sooner when idle (idle_exit_s) or when owners need the node.",
+    )
+    whole_node: bool = Field(
+        default=True,
+        description="Pilots take whole nodes (--exclusive): one node is one resource, and "
+        "evacuating one frees one node for the owners.",
+    )
+    owner_partitions: list[Annotated[str, Field(pattern=_SLURM_NAME)]] = Field(
+        default_factory=list,
+        description="Partitions where the owners' jobs wait. Tide boots nothing while "
+        "owner jobs wait there and evacuates pilots for them. Empty with no owner_qos and "
+        "no owner_accounts: every partition but the pilots' own.",
+    )
+    owner_qos: list[Annotated[str, Field(pattern=_SLURM_NAME)]] = Field(
+        default_factory=list, description="Only owner jobs of these QOS count; empty: any."
+    )
+    owner_accounts: list[Annotated[str, Field(pattern=_SLURM_NAME)]] = Field(
+        default_factory=list, description="Only owner jobs of these accounts count; empty: any."
+    )
+    idle_exit_s: int = Field(
+        default=600,
+        ge=0,
+        description="A pilot whose startd had no claim this long exits by itself "
+        "(STARTD_NOCLAIM_SHUTDOWN), even with the controller gone. 0: never. 10 minutes.",
+    )
+    max_job_retirement_s: int = Field(
+        default=3600,
+        ge=0,
+        description="When a pilot is drained gracefully (not evacuated), its running jobs "
+        "get this long to finish. Owners waiting never wait for it: evacuation vacates.",
+    )
+    work_dir: str = Field(
+        default=".tide",
+        min_length=1,
+        description="Folder for the pilots' logs and the staged worker token (0700), "
+        "relative to the submitting user's home on the cluster's shared file system.",
+    )
+    condor_config: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")], str] = Field(
+        default_factory=dict,
+        description="Extra HTCondor settings of the pilots' startds (e.g. "
+        "NETWORK_INTERFACE). None by default.",
+    )
+    command_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a Slurm command may take before it counts as failed.",
+    )
+
+
+SiteConfig = Annotated[
+    DockerSiteConfig | OpenStackSiteConfig | SlurmBackfillSiteConfig, Field(discriminator="kind")
+]
 
 
 def _some_sites(sites: dict[str, SiteConfig]) -> dict[str, SiteConfig]:
@@ -348,6 +457,7 @@ def site_model(name: str, site: SiteConfig) -> Site:
             boot_timeout_s=lim.boot_timeout_s,
             idle_timeout_s=lim.idle_timeout_s,
             lost_timeout_s=lim.lost_timeout_s,
+            owner_quiet_s=lim.owner_quiet_s,
             backoff_base_s=lim.backoff_base_s,
             backoff_max_s=lim.backoff_max_s,
         ),
@@ -393,7 +503,7 @@ def load_config(path: Path) -> Config:
 _MESSAGES = {
     "extra_forbidden": "unknown key",
     "missing": "required key is missing",
-    "union_tag_not_found": "required key is missing (docker or openstack)",
+    "union_tag_not_found": "required key is missing (docker, openstack or slurm_backfill)",
     "model_type": "must be a mapping of keys",
 }
 _NO_INPUT = {"extra_forbidden", "missing", "union_tag_not_found", "union_tag_invalid"}
@@ -423,6 +533,8 @@ def check_secrets(config: Config) -> None:
     check_secret_file(config.pool.token_file)
     for site in config.sites.values():
         check_secret_file(site.worker_token_file)
+        if isinstance(site, SlurmBackfillSiteConfig) and site.login is not None:
+            check_secret_file(site.login.key_file)
 
 
 __all__ = [
@@ -431,6 +543,8 @@ __all__ = [
     "DockerSiteConfig",
     "OpenStackSiteConfig",
     "SiteConfig",
+    "SlurmBackfillSiteConfig",
+    "SshLoginConfig",
     "check_secret_file",
     "check_secrets",
     "load_config",

@@ -24,6 +24,14 @@ call, a crash in between, or `tide drain` by an operator) is told again
 each cycle. An Undrain cancels the startd's drain before it is written, so
 the store never shows RUNNING a startd that takes no job.
 
+Backfill sites (tide.sites.base.BackfillSite, e.g. Slurm): their owners'
+queue is read every cycle into the snapshot (tide.model.Owners; a failed
+read blocks new boots there); the policy evacuates for waiting owners. An
+Evacuate withdraws the resource's slot ads first (no new match), then
+destroys it: for a Slurm pilot that is scancel, whose SIGTERM makes the
+pilot vacate its jobs back to their schedds. `tide evacuate` records an
+operator's request on the site (EVACUATE, PAUSED), read here each cycle.
+
 Isolation: every call to a site is wrapped; an exception from one site is
 logged and counted, and never stops the other sites or the daemon. A failed
 create backs its site off (SiteHealth, see tide.policy); a failed destroy is
@@ -48,6 +56,8 @@ from tide.model import (
     Demand,
     Destroy,
     Drain,
+    Evacuate,
+    Owners,
     Plan,
     Resource,
     Site,
@@ -57,7 +67,7 @@ from tide.model import (
     Undrain,
 )
 from tide.policy import decide
-from tide.sites.base import SiteAdapter
+from tide.sites.base import BackfillSite, SiteAdapter
 from tide.startds import Startds
 from tide.store import Store, StoreError
 
@@ -78,6 +88,9 @@ cloud's listing may lag behind its create call."""
 DRAIN_REQUEST = "drain_request"  # the startd's drain request id ("": its site cannot drain)
 HELD = "held"  # drained by an operator: demand never undoes it
 IDLE_SINCE = "idle_since"  # when it was first seen with no claimed slot
+# Store details of a site, written by `tide evacuate` / `tide resume`.
+EVACUATE = "evacuate"  # nodes an operator asked to give back now ("all": every one)
+PAUSED = "paused"  # an operator evacuated the site: no new boots until `tide resume`
 
 
 @dataclass(frozen=True)
@@ -210,6 +223,9 @@ class Controller:
                 self._idle_since[r.id] = float(since)
         self._last_slots: Mapping[str, SlotState] = {}
         self._unreconciled: set[str] = set(self._sites)
+        # When each backfill site's owners were last seen waiting (in memory:
+        # after a restart their queue is read again before any boot).
+        self._owners_waiting_at: dict[str, float] = {}
 
     @property
     def reconcile_pending(self) -> bool:
@@ -295,14 +311,14 @@ class Controller:
         stale: list[Resource] = []
         seen: set[str] = set()
         stored_alive = self._store.alive()
-        failed = self._failed_boots(stored_alive)
+        failed, queued = self._failed_boots(stored_alive)
         for stored in stored_alive:
             seen.add(stored.id)
             if stored.state in (State.STOPPING, State.FAILED):
                 stale.append(stored)
             else:
                 r = self._observed(stored, slots, slots_known, now, write)
-                resources.append(replace(r, boot_failed=r.id in failed))
+                resources.append(replace(r, boot_failed=r.id in failed, placed=r.id not in queued))
         for rid in set(self._idle_since) - seen:
             del self._idle_since[rid]
         for rid in set(self._lost_since) - seen:
@@ -313,16 +329,54 @@ class Controller:
             demand=tuple(demand),
             resources=tuple(resources),
             health={name: self.health(name) for name in self._sites},
+            owners=self._owners(now, write),
         )
         return Observation(snapshot, complete, slots_known, tuple(stale))
 
-    def _failed_boots(self, stored: list[Resource]) -> set[str]:
-        """Boots their site already reports failed (a server in ERROR): asked
-        only of sites with boots in flight, so a failed boot is destroyed and
-        backed off now, not at its boot timeout. A failed listing is ignored
-        (the boot timeout still applies)."""
+    def _owners(self, now: float, write: bool) -> dict[str, Owners]:
+        """The owners of every backfill site: their queue (unknown if it cannot
+        be read), when they last waited, and an operator's request."""
+        owners: dict[str, Owners] = {}
+        for name, (_site, adapter) in sorted(self._sites.items()):
+            if not isinstance(adapter, BackfillSite):
+                continue
+            request = self._store.site_detail(name)
+            paused = request.get(PAUSED) is True
+            evacuate = _evacuate_nodes(request.get(EVACUATE), len(self._store.alive(name)))
+            try:
+                queue = adapter.owner_queue()
+            except Exception as exc:
+                self._failed(name, "owners", "owners' queue unknown: no boot there", "", exc)
+                owners[name] = Owners(
+                    known=False,
+                    last_waiting_at=self._owners_waiting_at.get(name),
+                    paused=paused,
+                    evacuate_nodes=evacuate,
+                )
+                continue
+            waiting = queue.pending_nodes + queue.new_nodes > 0
+            if waiting and write:
+                self._owners_waiting_at[name] = now
+            waiting_at = now if waiting else self._owners_waiting_at.get(name)
+            owners[name] = Owners(
+                pending_nodes=queue.pending_nodes,
+                new_nodes=queue.new_nodes,
+                free_nodes=queue.free_nodes,
+                last_waiting_at=waiting_at,
+                paused=paused,
+                evacuate_nodes=evacuate,
+            )
+        return owners
+
+    def _failed_boots(self, stored: list[Resource]) -> tuple[set[str], set[str]]:
+        """Boots their site already reports failed (a server in ERROR), and
+        boots still queued at their site (holding no machine): asked only of
+        sites with boots in flight, so a failed boot is destroyed and backed
+        off now, not at its boot timeout. A failed listing is ignored (the boot
+        timeout still applies)."""
         booting = {r.site for r in stored if r.state in _BOOTS}
         failed: set[str] = set()
+        queued: set[str] = set()
         for name in sorted(booting):
             entry = self._sites.get(name)
             if entry is None:
@@ -333,7 +387,8 @@ class Controller:
                 event(log, "boot check skipped: list failed", site=name, error=str(exc))
                 continue
             failed |= {o.resource_id for o in owned if o.failed}
-        return failed
+            queued |= {o.resource_id for o in owned if not o.placed}
+        return failed, queued
 
     def _observed(
         self,
@@ -461,6 +516,9 @@ class Controller:
                 self._destroy(r.id, r.site, now, "retry: still to destroy")
         for action in plan.actions:
             self._act(action, now)
+        for name, owners in obs.snapshot.owners.items():  # an operator's request is done once
+            if owners.evacuate_nodes:
+                self._store.set_site_detail(name, EVACUATE, None)
         acted = {getattr(a, "resource", None) for a in plan.actions}
         for r in obs.snapshot.resources:  # drains not yet accepted by the startd
             if (
@@ -501,6 +559,18 @@ class Controller:
                 self._drain_startd(r.id, r.site, action.reason)
         elif isinstance(action, Undrain):
             self._undrain(r.id, r.site, now, action.reason)
+        elif isinstance(action, Evacuate):
+            self._evacuate(r.id, r.site, now, action.reason)
+
+    def _evacuate(self, rid: str, site: str, now: float, reason: str) -> None:
+        """No new match there (its slot ads withdrawn), then destroy it: the
+        site's destroy vacates running jobs (a Slurm pilot's SIGTERM trap)."""
+        try:
+            self._slots.withdraw(rid)
+        except Exception as exc:  # the destroy that follows ends its matches anyway
+            self._failed(site, "withdraw", "withdrawing its slot ads failed", rid, exc)
+        event(log, "evacuating", site=site, resource=rid, reason=reason)
+        self._destroy(rid, site, now, reason, withdraw=False)
 
     def _drain_startd(self, rid: str, site: str, reason: str) -> None:
         """Tell the resource's startd to drain; remember the request. A failure
@@ -512,19 +582,21 @@ class Controller:
         except Exception as exc:
             self._failed(site, "drain", "startd drain failed: retried next cycle", rid, exc)
             return
-        self._store.set_detail(rid, DRAIN_REQUEST, request or "")
         if request is not None:
+            self._store.set_detail(rid, DRAIN_REQUEST, request)
             event(log, "startd draining", site=site, resource=rid, request=request)
             return
         # The site cannot reach the startd: take its slot out of the collector
         # instead, so the negotiator matches no new job there; a job matched
         # just before shows up claimed in the startd's next update and keeps
-        # the resource alive.
+        # the resource alive. Recorded only once done, so a failed withdrawal
+        # is told again next cycle.
         try:
             self._slots.withdraw(rid)
         except Exception as exc:
             self._failed(site, "withdraw", "withdrawing its slot ads failed", rid, exc)
             return
+        self._store.set_detail(rid, DRAIN_REQUEST, "")
         event(log, "slot withdrawn from the collector", site=site, resource=rid)
 
     def _undrain(self, rid: str, site: str, now: float, reason: str) -> None:
@@ -601,7 +673,9 @@ class Controller:
             self._store.move(rid, State.BOOTING, now, "created")
             event(log, "created", site=action.site, resource=rid)
 
-    def _destroy(self, rid: str, site: str, now: float, reason: str) -> None:
+    def _destroy(
+        self, rid: str, site: str, now: float, reason: str, *, withdraw: bool = True
+    ) -> None:
         if not self._move(rid, State.STOPPING, now, reason):
             return
         entry = self._sites.get(site)
@@ -627,6 +701,8 @@ class Controller:
         self._store.move(rid, State.GONE, now, "destroyed")
         self._idle_since.pop(rid, None)
         event(log, "destroyed", site=site, resource=rid)
+        if not withdraw:
+            return
         try:
             self._slots.withdraw(rid)
         except Exception as exc:  # the ads expire on their own; a failure only delays that
@@ -640,6 +716,15 @@ class Controller:
     def _count_failure(self, site: str, operation: str) -> None:
         if self._metrics is not None:
             self._metrics.count_failure(site, operation)
+
+
+def _evacuate_nodes(request: object, alive: int) -> int:
+    """Nodes an operator's EVACUATE request asks for: a count, or "all"."""
+    if request == "all":
+        return alive
+    if isinstance(request, int) and not isinstance(request, bool):
+        return max(0, request)
+    return 0
 
 
 def run_forever(

@@ -27,13 +27,13 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from tide import __version__
-from tide.model import Create, Demand, Destroy, Drain, Plan, Resource, State, Undrain
+from tide.model import Create, Demand, Destroy, Drain, Evacuate, Plan, Resource, State, Undrain
 
 LOOP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Seconds: a loop on a quiet pool takes milliseconds, one waiting on a slow
 site API can take tens of seconds; anything slower lands in +Inf."""
 
-ACTIONS = ("create", "drain", "undrain", "destroy")
+ACTIONS = ("create", "drain", "undrain", "destroy", "evacuate")
 """The `action` label values of tide_decisions_total."""
 
 UNKNOWN_SITE = "unknown"
@@ -44,6 +44,7 @@ _ACTION_NAMES: Mapping[type, str] = {
     Drain: "drain",
     Undrain: "undrain",
     Destroy: "destroy",
+    Evacuate: "evacuate",
 }
 
 

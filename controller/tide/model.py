@@ -65,6 +65,8 @@ class SiteLimits:
     lost_timeout_s: float = (
         900.0  # a running resource with no slot advertised this long is destroyed
     )
+    owner_quiet_s: float = 60.0  # a backfill site boots again only after its owners waited
+    # for nothing this long (hysteresis: owners' jobs come in bursts)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,23 @@ class Resource:
     drained: bool = False  # its startd reports the drain done: no job left, none can start
     boot_failed: bool = False  # its site reports the boot failed (it will never register)
     held: bool = False  # drained by an operator (`tide drain`): demand never undoes it
+    placed: bool = True  # the site gave it its machine; False: a boot still queued there
+    # (a Slurm pilot pending), which holds no node an owner could have
+
+
+@dataclass(frozen=True)
+class Owners:
+    """The owners of a backfill site (an HPC cluster whose nodes Tide borrows),
+    as observed: their jobs that wait for nodes, and the nodes free for them."""
+
+    known: bool = True  # False: the owners' queue could not be read
+    pending_nodes: int = 0  # nodes the owners' waiting jobs want
+    new_nodes: int = 0  # ... of jobs their scheduler has not looked at yet: these block
+    # boots, but nothing is evacuated for them yet (the scheduler may make room itself)
+    free_nodes: int = 0  # nodes idle, or being given back, that those jobs can have
+    last_waiting_at: float | None = None  # when owner jobs were last seen waiting
+    paused: bool = False  # an operator evacuated the site (`tide evacuate`): no new boots
+    evacuate_nodes: int = 0  # nodes an operator asked to give back now (`tide evacuate`)
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,7 @@ class Snapshot:
     demand: tuple[Demand, ...]
     resources: tuple[Resource, ...]
     health: Mapping[str, SiteHealth] = field(default_factory=dict)
+    owners: Mapping[str, Owners] = field(default_factory=dict)  # backfill sites only
 
 
 @dataclass(frozen=True)
@@ -152,7 +172,17 @@ class Destroy:
     boot_failed: bool = False  # a boot that never registered: counts as a failed boot
 
 
-Action = Create | Drain | Undrain | Destroy
+@dataclass(frozen=True)
+class Evacuate:
+    """Give a backfill resource back to the site's owners now: no new match,
+    running jobs vacated (they return to idle in their schedds), the
+    resource destroyed."""
+
+    resource: str
+    reason: str
+
+
+Action = Create | Drain | Undrain | Destroy | Evacuate
 
 
 @dataclass(frozen=True)

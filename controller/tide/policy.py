@@ -24,6 +24,16 @@ How a decision is made:
    boots-in-flight cap and its backoff. What is left over is scaled down:
    surplus boots are destroyed (newest first) before any running machine is
    drained, and only machines idle for the idle timeout are drained.
+4. A backfill site (one with `Owners` in the snapshot) serves its owners
+   first. While their jobs wait, or their queue cannot be read, it boots
+   nothing, and again only after they have waited for nothing for
+   `owner_quiet_s` (hysteresis: owners' jobs come in bursts). For waiting
+   owner jobs it evacuates exactly the nodes they lack (wanted, less those
+   free or already being given back), least running work first: queued
+   boots hold no node and are simply withdrawn. Jobs the site's scheduler
+   has not looked at yet block boots but get no evacuation: the scheduler
+   may make room itself (preemption), and its choice shows as nodes being
+   given back by the next cycle.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ from tide.model import (
     Demand,
     Destroy,
     Drain,
+    Evacuate,
+    Owners,
     Plan,
     Resource,
     Shape,
@@ -57,8 +69,15 @@ def decide(snapshot: Snapshot) -> Plan:
     """What to do now, given everything observed in `snapshot`."""
     now = snapshot.now
     pools = _classify(snapshot.resources, snapshot.sites, now)
+    evacuations = {
+        name: _evacuate(pools[name], owners)
+        for name, owners in snapshot.owners.items()
+        if name in pools
+    }
     may_create = {  # a boot timing out now is a failure too: no Create beside its Destroy
-        name: not _backing_off(site, snapshot.health.get(name), now) and not pools[name].timed_out
+        name: not _backing_off(site, snapshot.health.get(name), now)
+        and not pools[name].timed_out
+        and not _owners_first(site, snapshot.owners.get(name), now)
         for name, site in snapshot.sites.items()
     }
     packers = {
@@ -68,6 +87,7 @@ def decide(snapshot: Snapshot) -> Plan:
     unmatched = _assign(snapshot.demand, packers)
     actions: list[Action] = []
     for name in sorted(snapshot.sites):
+        actions += evacuations.get(name, [])
         actions += _site_actions(
             snapshot.sites[name], pools[name], packers[name], may_create[name], now
         )
@@ -84,12 +104,12 @@ class _Pool:
     draining_idle: list[Resource] = field(default_factory=list)
     drained: list[Resource] = field(default_factory=list)  # to destroy: nothing runs there
     lost: list[Resource] = field(default_factory=list)  # no slot advertised for lost_timeout_s
-    busy: int = 0  # running or draining with a claimed slot: fully used
+    busy: list[Resource] = field(default_factory=list)  # jobs running, or may be: fully used
 
     @property
     def occupied(self) -> int:
         """Machines that count against the quota but serve no idle job."""
-        return self.busy + len(self.drained) + len(self.lost)
+        return len(self.busy) + len(self.drained) + len(self.lost)
 
     @property
     def usable(self) -> int:
@@ -126,18 +146,71 @@ def _classify_live(pool: _Pool, r: Resource, limits: SiteLimits, now: float) -> 
         if lost_for is not None and lost_for >= limits.lost_timeout_s:
             pool.lost.append(r)
         else:
-            pool.busy += 1  # may be running jobs: kept, and never counted free
+            pool.busy.append(r)  # may be running jobs: kept, and never counted free
     elif r.claimed_slots > 0:
-        pool.busy += 1
+        pool.busy.append(r)
     elif r.state is State.RUNNING:
         pool.idle.append(r)
     elif r.held:
         if r.drained:
             pool.drained.append(r)
         else:
-            pool.busy += 1  # an operator's drain still in progress
+            pool.busy.append(r)  # an operator's drain still in progress
     else:
         pool.draining_idle.append(r)
+
+
+def _owners_first(site: Site, owners: Owners | None, now: float) -> bool:
+    """Whether a backfill site must boot nothing now: its owners' jobs wait,
+    or did within `owner_quiet_s`, or their queue is unknown, or an operator
+    evacuated it."""
+    if owners is None:
+        return False
+    if not owners.known or owners.paused or owners.pending_nodes + owners.new_nodes > 0:
+        return True
+    waited = owners.last_waiting_at
+    return waited is not None and now - waited < site.limits.owner_quiet_s
+
+
+def _evacuate(pool: _Pool, owners: Owners) -> list[Action]:
+    """Give the owners' waiting jobs the nodes they lack, plus what an
+    operator asked for, and take what is given out of `pool` (it serves no
+    grid demand any more). Nodes already on their way back count against
+    the owners' need: free ones, those of boots timing out, drained and lost
+    resources (destroyed this cycle anyway). The resources with the fewest
+    running jobs go first, boots before running machines."""
+    waiting = owners.known and owners.pending_nodes > 0
+    if not waiting and owners.evacuate_nodes <= 0:
+        return []
+    if waiting:
+        why = f"owners wait for {owners.pending_nodes} nodes, {owners.free_nodes} free"
+    else:
+        why = f"operator evacuation of {owners.evacuate_nodes} nodes"
+    actions: list[Action] = [
+        Evacuate(r.id, f"{why}: queued boot withdrawn")
+        for r in sorted(pool.booting, key=lambda r: r.id)
+        if not r.placed
+    ]
+    pool.booting = [r for r in pool.booting if r.placed]
+    freeing = sum(r.placed for r in pool.timed_out) + len(pool.drained) + len(pool.lost)
+    owners_lack = owners.pending_nodes - owners.free_nodes - freeing if waiting else 0
+    lacking = max(0, owners_lack) + owners.evacuate_nodes
+    if lacking <= 0:
+        return actions
+    candidates = sorted(
+        [*pool.booting, *pool.idle, *pool.draining_idle, *pool.busy],
+        key=lambda r: (r.claimed_slots, r.state not in _BOOTS, r.id),
+    )
+    chosen = candidates[:lacking]
+    gone = {r.id for r in chosen}
+    pool.booting = [r for r in pool.booting if r.id not in gone]
+    pool.idle = [r for r in pool.idle if r.id not in gone]
+    pool.draining_idle = [r for r in pool.draining_idle if r.id not in gone]
+    pool.busy = [r for r in pool.busy if r.id not in gone]
+    actions += [
+        Evacuate(r.id, f"{why}: given back, {r.claimed_slots} running jobs vacated") for r in chosen
+    ]
+    return actions
 
 
 def _backing_off(site: Site, health: SiteHealth | None, now: float) -> bool:

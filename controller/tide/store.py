@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS transitions (
     reason TEXT NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS transitions_resource ON transitions (resource_id, seq);
+CREATE TABLE IF NOT EXISTS sites (
+    name TEXT PRIMARY KEY,
+    detail TEXT NOT NULL DEFAULT '{{}}'
+) STRICT;
 """
 _ID_TOKEN = re.compile(r"^[0-9a-f]{8}$")
 
@@ -204,6 +208,20 @@ class Store:
     def detail(self, resource_id: str) -> dict[str, JsonScalar]:
         return self._detail(self._conn, resource_id)
 
+    def set_site_detail(self, site: str, key: str, value: JsonScalar) -> None:
+        """Remember a fact about a site, e.g. an operator's evacuation request."""
+        with self._write() as conn:
+            detail = self._site_detail(conn, site)
+            detail[key] = value
+            conn.execute(
+                "INSERT INTO sites (name, detail) VALUES (?1, ?2)"
+                " ON CONFLICT (name) DO UPDATE SET detail = ?2",
+                (site, json.dumps(detail, sort_keys=True)),
+            )
+
+    def site_detail(self, site: str) -> dict[str, JsonScalar]:
+        return self._site_detail(self._conn, site)
+
     def get(self, resource_id: str) -> Resource | None:
         try:
             return self._get(self._conn, resource_id)
@@ -252,6 +270,12 @@ class Store:
         if row is None:
             raise UnknownResourceError(resource_id)
         detail: dict[str, JsonScalar] = json.loads(row[0])
+        return detail
+
+    @staticmethod
+    def _site_detail(conn: sqlite3.Connection, site: str) -> dict[str, JsonScalar]:
+        row = conn.execute("SELECT detail FROM sites WHERE name = ?", (site,)).fetchone()
+        detail: dict[str, JsonScalar] = {} if row is None else json.loads(row[0])
         return detail
 
     @staticmethod

@@ -115,10 +115,13 @@ def _daemon(tmp: Path) -> Iterator[Daemon]:
     assert token.read_text().strip() not in text  # the token never reaches the log
 
 
-def _submit(site: str, seconds: int, count: int) -> str:
+def _submit(site: str, seconds: int, count: int, *extra: str) -> str:
+    """`count` sleep jobs only `site` can run; `extra`: more submit lines
+    (without single quotes)."""
+    lines = "".join(f" '{line}'" for line in extra)
     submit = (
         f"cd $(mktemp -d) && printf '%s\\n' 'executable = /bin/sleep' 'arguments = {seconds}' "
-        "'request_cpus = 1' 'request_memory = 100MB' "
+        f"'request_cpus = 1' 'request_memory = 100MB'{lines} "
         f"'requirements = (TARGET.TideSite == \"{site}\")' 'queue {count}' > j.sub "
         "&& condor_submit -terse j.sub | cut -d. -f1"
     )

@@ -210,10 +210,10 @@ def test_site_names_fit_a_host_name_label(tmp_path: Path) -> None:
 def test_an_unknown_kind_is_refused(tmp_path: Path) -> None:
     (error,) = _errors(tmp_path, MINIMAL.replace("kind: docker", "kind: slurm"))
     assert error.startswith("7: sites.local.kind: Input tag 'slurm'")
-    assert "'docker', 'openstack'" in error
+    assert "'docker', 'openstack', 'slurm_backfill'" in error
     no_kind = MINIMAL.replace("    kind: docker\n", "")
     assert _errors(tmp_path, no_kind) == (
-        "6: sites.local.kind: required key is missing (docker or openstack)",
+        "6: sites.local.kind: required key is missing (docker, openstack or slurm_backfill)",
     )
 
 

@@ -20,7 +20,7 @@ from tide.model import (
     SiteLimits,
     State,
 )
-from tide.sites.base import Owned, SiteError
+from tide.sites.base import Owned, OwnerQueue, SiteError
 from tide.store import Store
 
 LIMITS = SiteLimits(
@@ -71,12 +71,27 @@ class FakeSite:
         self.owned.pop(resource_id, None)
 
 
+class FakeBackfillSite(FakeSite):
+    """FakeSite whose owners wait for `queue` (tide.sites.base.BackfillSite)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.queue = OwnerQueue(pending_nodes=0, free_nodes=0)
+        self.fail_queue: Exception | None = None
+
+    def owner_queue(self) -> OwnerQueue:
+        if self.fail_queue is not None:
+            raise self.fail_queue
+        return self.queue
+
+
 class FakeSlots:
     """Test double of tide.loop.Slots: returns `slots`, or raises `fail`."""
 
     def __init__(self) -> None:
         self.slots: dict[str, SlotState] = {}
         self.fail: Exception | None = None
+        self.fail_withdraw: Exception | None = None
         self.withdrawn: list[str] = []
 
     def observe(self) -> Mapping[str, SlotState]:
@@ -88,6 +103,8 @@ class FakeSlots:
         self.withdrawn.append(resource_id)
         if self.fail is not None:
             raise self.fail
+        if self.fail_withdraw is not None:
+            raise self.fail_withdraw
         self.slots.pop(resource_id, None)
 
 
@@ -134,14 +151,17 @@ class Clock:
 class World:
     """A controller over fake sites "a" and "b", a real store and a fake clock."""
 
-    def __init__(self, store: Store, sites: tuple[str, ...] = ("a",)) -> None:
+    def __init__(
+        self, store: Store, sites: tuple[str, ...] = ("a",), *, backfill: bool = False
+    ) -> None:
         self.store = store
         self.clock = Clock()
         self.slots = FakeSlots()
         self.startds = FakeStartds(self.slots)
         self.demand: tuple[Demand, ...] = ()
         self.complete = True
-        self.sites = {name: FakeSite(name) for name in sites}
+        kind = FakeBackfillSite if backfill else FakeSite
+        self.sites = {name: kind(name) for name in sites}
         for site in self.sites.values():
             site.store = store
         self.counter = 0
@@ -610,6 +630,20 @@ def test_a_site_that_cannot_drain_gets_its_slot_withdrawn_first(store: Store) ->
     assert w.states()[rid] is State.GONE
 
 
+def test_a_failed_withdrawal_is_told_again_next_cycle(store: Store) -> None:
+    w, rid = running_world(store)
+    w.startds.can_drain = False
+    w.slots.fail_withdraw = ConnectionError("collector busy")
+    w.clock.now += 100
+    w.controller.cycle()
+    assert w.states()[rid] is State.DRAINING
+    assert store.detail(rid).get("drain_request") is None
+    w.slots.fail_withdraw = None
+    w.controller.cycle()  # told again, and this time withdrawn
+    assert w.slots.withdrawn == [rid, rid]
+    assert store.detail(rid)["drain_request"] == ""
+
+
 def test_a_withdrawn_idle_slot_is_given_back_next_cycle(store: Store) -> None:
     w, rid = running_world(store)
     w.startds.can_drain = False
@@ -618,3 +652,87 @@ def test_a_withdrawn_idle_slot_is_given_back_next_cycle(store: Store) -> None:
     assert rid not in w.slots.slots  # withdrawn: the collector no longer has it
     w.controller.cycle()
     assert w.states()[rid] is State.GONE
+
+
+# --- backfill sites ----------------------------------------------------------
+
+
+def backfill_world(
+    store: Store, busy: tuple[int, ...]
+) -> tuple[World, FakeBackfillSite, list[str]]:
+    """Site a as a backfill site with one running resource per entry of
+    `busy` (its claimed slots)."""
+    w = World(store, backfill=True)
+    site = w.sites["a"]
+    assert isinstance(site, FakeBackfillSite)
+    w.want(len(busy))
+    w.controller.cycle()
+    w.demand = ()
+    rids = list(site.created)
+    for rid, claimed in zip(rids, busy, strict=True):
+        w.slots.slots[rid] = SlotState(True, claimed)
+    w.clock.now += 1
+    w.controller.cycle()
+    assert all(w.states()[rid] is State.RUNNING for rid in rids)
+    return w, site, rids
+
+
+def test_waiting_owners_get_the_least_busy_resource_back(store: Store) -> None:
+    w, site, (r1, r2) = backfill_world(store, busy=(2, 1))
+    site.queue = OwnerQueue(pending_nodes=1, free_nodes=0)
+    w.want(10)  # grid demand too: owners come first
+    w.clock.now += 1
+    plan = w.controller.cycle()
+    assert [type(a).__name__ for a in plan.actions] == ["Evacuate"]
+    assert w.slots.withdrawn == [r2]  # no new match there, before its destroy
+    assert site.destroyed == [r2]
+    assert w.states()[r2] is State.GONE
+    assert w.states()[r1] is State.RUNNING
+    assert len(site.created) == 2  # no boot while owners wait
+
+
+def test_boots_resume_after_the_owners_quiet_time(store: Store) -> None:
+    w, site, _ = backfill_world(store, busy=(1,))
+    site.queue = OwnerQueue(pending_nodes=1, free_nodes=1)
+    w.want(2)
+    w.controller.cycle()
+    site.queue = OwnerQueue(pending_nodes=0, free_nodes=0)
+    w.clock.now += LIMITS.owner_quiet_s - 1
+    w.controller.cycle()
+    assert len(site.created) == 1  # still quiet time
+    w.clock.now += 1
+    w.controller.cycle()
+    assert len(site.created) == 3  # two machines for two jobs: the busy one serves none
+
+
+def test_an_unreadable_owner_queue_blocks_boots_and_evacuates_nothing(store: Store) -> None:
+    w, site, (rid,) = backfill_world(store, busy=(1,))
+    site.fail_queue = SiteError("squeue: connection refused", retryable=True)
+    w.want(3)
+    w.clock.now += 1
+    plan = w.controller.cycle()
+    assert plan.actions == ()
+    assert w.states()[rid] is State.RUNNING
+    assert (
+        w.metrics.registry.get_sample_value(
+            "tide_site_failures_total", {"site": "a", "operation": "owners"}
+        )
+        == 1
+    )
+
+
+def test_an_operator_evacuation_is_done_once_and_pauses_the_site(store: Store) -> None:
+    w, site, rids = backfill_world(store, busy=(1, 0))
+    store.set_site_detail("a", "evacuate", "all")
+    store.set_site_detail("a", "paused", True)
+    w.clock.now += 1
+    w.controller.cycle()
+    assert sorted(site.destroyed) == sorted(rids)
+    assert store.site_detail("a")["evacuate"] is None  # done: not repeated
+    w.want(2)
+    w.clock.now += 1000
+    w.controller.cycle()
+    assert len(site.created) == 2  # paused: no boot until `tide resume`
+    store.set_site_detail("a", "paused", False)
+    w.controller.cycle()
+    assert len(site.created) == 4

@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from tide.model import Shape
 
@@ -74,6 +74,16 @@ class Owned:
     status: str  # the site's own status word, raw (e.g. OpenStack's BUILD, ACTIVE, ERROR)
     details: Mapping[str, str] = field(default_factory=dict)  # as create returned them
     failed: bool = False  # the site says it will never come up (e.g. OpenStack's ERROR)
+    placed: bool = True  # it has its machine; False: still queued (a Slurm pilot pending)
+
+
+@dataclass(frozen=True)
+class OwnerQueue:
+    """What a backfill site's owners wait for, as its scheduler reports it."""
+
+    pending_nodes: int  # nodes their waiting jobs want
+    free_nodes: int  # nodes idle or being given back that those jobs may use
+    new_nodes: int = 0  # nodes wanted by jobs the scheduler has not looked at yet
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,16 @@ class SiteAdapter(Protocol):
     def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
         """Destroy the resource (details as create returned them, possibly empty).
         Idempotent: a resource already gone is not an error. Raises SiteError."""
+        ...
+
+
+@runtime_checkable
+class BackfillSite(Protocol):
+    """A site lent by owners who take it back (an HPC cluster): Tide watches
+    their queue and gives nodes back when they wait (tide.policy)."""
+
+    def owner_queue(self) -> OwnerQueue:
+        """The owners' waiting jobs and the nodes free for them. Raises SiteError."""
         ...
 
 
@@ -193,7 +213,9 @@ __all__ = [
     "OWNER_TAG",
     "RESOURCE_ID_TAG",
     "SITE_TAG",
+    "BackfillSite",
     "Owned",
+    "OwnerQueue",
     "PoolEndpoint",
     "QuotaExceeded",
     "SiteAdapter",

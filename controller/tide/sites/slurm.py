@@ -1,0 +1,398 @@
+"""Slurm backfill site: each resource is one pilot job in an HPC cluster's
+backfill partition, holding one node for the pool while the cluster's owners
+leave it idle, and giving it back within seconds when they need it.
+
+Every Slurm command goes through an Executor (tide.executors): locally when
+the controller runs on a host of the cluster, or over SSH to a login node -
+the same code path either way. A command's arguments are argv, never a
+shell line built from configuration.
+
+The pilot (templates/slurm-pilot.sh.j2, submitted on sbatch's stdin) runs a
+native HTCondor startd in the job, one partitionable slot of the site's
+shape, advertising TideResourceId, and joins the pool with the worker token.
+The token is staged once on the cluster (`work_dir`, 0600 in a 0700
+folder) over the executor's stdin, never on a command line; the script
+itself holds no secret.
+
+Ownership: the job's name is the resource id, and its comment carries
+`tide-owner=<owner> tide-site=<site>`; list_owned lists the submitting
+user's jobs (`squeue --me`) and keeps exactly those.
+
+Signals to the pilot's batch shell (`scancel --batch`, never to the
+HTCondor jobs' own processes) are the channel to its startd - no HTCondor
+credential on the controller's side is needed: SIGTERM makes the pilot
+shut HTCondor down fast - running jobs are vacated back to their schedds,
+the node is free in seconds; SIGUSR1 drains it gracefully, SIGUSR2 cancels
+that. Pilots ask for `--signal=B:TERM@60`, so a cluster that preempts the
+backfill partition with PreemptParameters=send_user_signal sends the same
+SIGTERM to the shell at once, and GraceTime lets it vacate: Slurm's own
+preemption is a second, independent line.
+
+Owners: `owner_queue` counts the nodes the owners' pending jobs want (in
+`owner_partitions`, filtered by QOS and account) and the nodes free for
+them, for tide.policy: idle ones, completing ones (a pilot just
+cancelled), and those of jobs in the pilots' partition with at most
+ENDING_S left - which is how a job Slurm is preempting for the owners
+looks during its GraceTime, so Tide does not give back a second node for
+an owner job Slurm is already making room for.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from tide.config import SlurmBackfillSiteConfig
+from tide.executors import Completed, Executor, ExecutorError
+from tide.model import Shape
+from tide.sites.base import (
+    OWNER_TAG,
+    SITE_TAG,
+    Owned,
+    OwnerQueue,
+    PoolEndpoint,
+    SiteError,
+    classad_literal,
+    worker_attributes,
+    worker_site_name,
+)
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "job_id"
+"""The detail create() returns: the pilot's Slurm job id."""
+
+DRAIN_REQUEST = "SIGUSR1"
+"""A drain is a signal to the pilot; its cancel (SIGUSR2) ends it whatever its id."""
+
+PLACED_STATES = frozenset({"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED"})
+"""Job states in which a pilot holds its node."""
+
+WAITING_REASONS = frozenset({"Resources", "Priority", "ReqNodeNotAvail"})
+"""Pending reasons of owner jobs that wait for nodes (not for a limit or a hold)."""
+
+NEW_REASON = "None"
+"""The pending reason of a job the scheduler has not looked at yet: it may
+still preempt backfill for it by itself."""
+
+FREE_NODE_STATES = ("idle", "completing")
+"""sinfo node states (long form, flags stripped) free for a waiting owner job."""
+
+VACATE_TIMEOUT_S = 20
+"""A pilot told to go whose HTCondor has not stopped after this long is
+killed: the node goes back to its owners whatever happens."""
+
+ENDING_S = 30
+"""A job in the pilots' partition with this little time left is ending (Slurm
+is preempting it, or its walltime is up): its node counts as on its way back."""
+
+_TEMPLATE = "slurm-pilot.sh.j2"
+_GONE_JOB = ("Invalid job id", "already completing or completed", "Job has already finished")
+
+
+class SlurmBackfillSite:
+    """A SiteAdapter (and BackfillSite, DrainingSite) running pilots in a Slurm cluster."""
+
+    def __init__(
+        self,
+        name: str,
+        config: SlurmBackfillSiteConfig,
+        *,
+        executor: Executor,
+        owner: str,
+        pool: PoolEndpoint,
+        worker_token_file: Path,
+        shape: Shape,
+    ) -> None:
+        self.name = name
+        self._config = config
+        self._executor = executor
+        self._owner = owner
+        self._pool = pool
+        self._token_file = worker_token_file
+        self._shape = shape
+        self._tags = f"{OWNER_TAG}={owner} {SITE_TAG}={name}"
+        self._work_dir: str | None = None  # absolute, on the cluster, once staged
+        try:
+            self._attributes = worker_attributes(name, config.attributes)
+        except ValueError as exc:
+            raise SiteError(f"site {name}: {exc}", retryable=False) from None
+        self._site_name = worker_site_name(name, config.attributes)
+        env = jinja2.Environment(
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            autoescape=False,  # noqa: S701  (a shell script, not HTML)
+        )
+        env.filters["shell_quote"] = shlex.quote
+        text = resources.files("tide.sites").joinpath("templates", _TEMPLATE).read_text("utf-8")
+        self._template = env.from_string(text)
+
+    # --- the SiteAdapter interface ---------------------------------------
+
+    def create(self, resource_id: str) -> Mapping[str, str]:
+        work_dir = self._staged()
+        cfg = self._config
+        argv = [
+            "sbatch",
+            "--parsable",
+            f"--job-name={resource_id}",
+            f"--comment={self._tags}",
+            f"--partition={cfg.partition}",
+            "--nodes=1",
+            "--ntasks=1",
+            f"--cpus-per-task={self._shape.cpus}",
+            f"--mem={self._shape.memory_mb}M",
+            f"--time={cfg.walltime}",
+            f"--chdir={work_dir}",
+            "--output=%x-%j.out",
+            "--signal=B:TERM@60",  # the walltime's end: vacate a minute before the kill
+            "--no-requeue",  # a pilot taken back by the owners is gone, not queued again
+        ]
+        if cfg.whole_node:
+            argv.append("--exclusive")
+        if cfg.qos:
+            argv.append(f"--qos={cfg.qos}")
+        if cfg.account:
+            argv.append(f"--account={cfg.account}")
+        done = self._run(argv, f"submitting pilot {resource_id}", stdin=self.script(resource_id))
+        job_id = done.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise SiteError(
+                f"site {self.name}: sbatch printed no job id for {resource_id}: {done.stdout!r}",
+                retryable=True,
+            )
+        log.info("site %s: pilot %s submitted as job %s", self.name, resource_id, job_id)
+        return {JOB_ID: job_id}
+
+    def list_owned(self) -> list[Owned]:
+        done = self._run(["squeue", "--me", "--noheader", "--format=%i|%j|%T|%k"], "listing pilots")
+        owned: list[Owned] = []
+        for line in done.stdout.splitlines():
+            fields = line.split("|", 3)
+            if len(fields) != 4:
+                continue
+            job_id, job_name, state, comment = fields
+            if comment.split() != self._tags.split():
+                continue
+            owned.append(
+                Owned(
+                    resource_id=job_name,
+                    status=state,
+                    details={JOB_ID: job_id},
+                    placed=state in PLACED_STATES,
+                )
+            )
+        return owned
+
+    def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
+        """A queued pilot is cancelled; a running one gets SIGTERM in its batch
+        shell only, and vacates its jobs and exits by itself (a plain scancel
+        would SIGTERM the HTCondor jobs' own processes too, and a job killed
+        that way counts as finished, not vacated)."""
+        job_id = details.get(JOB_ID)
+        self._scancel(resource_id, job_id, ["--state=PENDING"], "cancelling queued pilot")
+        self._scancel(
+            resource_id,
+            job_id,
+            ["--state=RUNNING", "--batch", "--signal=TERM"],
+            "evacuating pilot",
+        )
+
+    # --- the DrainingSite interface --------------------------------------
+
+    def drain_startd(self, resource_id: str, reason: str) -> str:
+        self._signal(resource_id, "USR1", "draining")
+        return DRAIN_REQUEST
+
+    def cancel_startd_drain(self, resource_id: str, request_id: str) -> None:
+        self._signal(resource_id, "USR2", "cancelling the drain of")
+
+    # --- the BackfillSite interface --------------------------------------
+
+    def owner_queue(self) -> OwnerQueue:
+        cfg = self._config
+        argv = ["squeue", "--noheader", "--states=PENDING", "--format=%D|%r|%P"]
+        if cfg.owner_partitions:
+            argv.append(f"--partition={','.join(cfg.owner_partitions)}")
+        if cfg.owner_qos:
+            argv.append(f"--qos={','.join(cfg.owner_qos)}")
+        if cfg.owner_accounts:
+            argv.append(f"--account={','.join(cfg.owner_accounts)}")
+        pending = self._run(argv, "reading the owners' queue")
+        nodes_argv = ["sinfo", "--noheader", "--Node", "--format=%N|%T"]
+        if cfg.owner_partitions:
+            nodes_argv.append(f"--partition={','.join(cfg.owner_partitions)}")
+        nodes = self._run(nodes_argv, "reading the nodes' states")
+        ending = self._run(
+            [
+                "squeue",
+                "--noheader",
+                "--states=RUNNING",
+                f"--partition={cfg.partition}",
+                "--format=%D|%L",
+            ],
+            "reading the backfill jobs' time left",
+        )
+        queue = owner_queue_from(pending.stdout, nodes.stdout, pilots_partition=cfg.partition)
+        return OwnerQueue(
+            queue.pending_nodes, queue.free_nodes + ending_nodes(ending.stdout), queue.new_nodes
+        )
+
+    # --- the pilot ---------------------------------------------------------
+
+    def script(self, resource_id: str) -> str:
+        """The pilot's batch script for `resource_id` (holds no secret)."""
+        host = self._pool.collector.rsplit(":", 1)[0]
+        return self._template.render(
+            resource_id=resource_id,
+            site=self.name,
+            collector=self._pool.collector,
+            collector_host=host,
+            pool_domain=self._pool.pool_domain,
+            token_file=f"{self._work_dir or self._config.work_dir}/worker.token",
+            idle_exit_s=self._config.idle_exit_s,
+            vacate_timeout_s=VACATE_TIMEOUT_S,
+            max_job_retirement_s=self._config.max_job_retirement_s,
+            shape=self._shape,
+            site_name_literal=classad_literal(self._site_name),
+            attributes=self._attributes,
+            condor_config=self._config.condor_config,
+        )
+
+    def _staged(self) -> str:
+        """The cluster-side work folder, with the worker token in it: made
+        and written once per controller start (and again after a failure)."""
+        if self._work_dir is not None:
+            return self._work_dir
+        token = self._token_file.read_text(encoding="utf-8")
+        # $1: the folder (relative to the home), read as an argument; the
+        # token arrives on stdin and is written 0600 under umask 077.
+        script = (
+            'umask 077 && cd && mkdir -p -- "$1" && chmod 700 -- "$1" && cd -- "$1" '
+            "&& cat > worker.token.new && mv -f worker.token.new worker.token && pwd"
+        )
+        done = self._run(
+            ["sh", "-c", script, "tide-stage", self._config.work_dir],
+            "staging the worker token",
+            stdin=token,
+        )
+        work_dir = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+        if not work_dir.startswith("/"):
+            raise SiteError(
+                f"site {self.name}: staging the worker token printed no folder", retryable=True
+            )
+        self._work_dir = work_dir
+        return work_dir
+
+    # --- calls --------------------------------------------------------------
+
+    def _scancel(
+        self, resource_id: str, job_id: str | None, options: Sequence[str], doing: str
+    ) -> None:
+        target = [job_id] if job_id else ["--me", f"--name={resource_id}"]
+        try:
+            self._run(["scancel", *options, *target], f"{doing} {resource_id}")
+        except SiteError as exc:
+            if any(gone in str(exc) for gone in _GONE_JOB):
+                return  # already gone: destroy is idempotent
+            raise
+
+    def _signal(self, resource_id: str, signal: str, doing: str) -> None:
+        job_id = self._job_id(resource_id)
+        if job_id is None:
+            raise SiteError(
+                f"site {self.name}: {doing} {resource_id}: no such pilot in the queue",
+                retryable=True,
+            )
+        self._scancel(
+            resource_id, job_id, [f"--signal={signal}", "--batch"], f"{doing} the startd of"
+        )
+
+    def _job_id(self, resource_id: str) -> str | None:
+        for o in self.list_owned():
+            if o.resource_id == resource_id:
+                return o.details.get(JOB_ID)
+        return None
+
+    def _run(self, argv: Sequence[str], doing: str, *, stdin: str | None = None) -> Completed:
+        with self._calling(doing):
+            done = self._executor.run(argv, stdin=stdin, timeout_s=self._config.command_timeout_s)
+        if done.returncode != 0:
+            tail = " ".join(done.stderr.strip().splitlines()[-3:])[:500]
+            raise SiteError(
+                f"site {self.name}: {doing}: {argv[0]} exited {done.returncode}: {tail}",
+                retryable=True,
+            )
+        return done
+
+    @contextmanager
+    def _calling(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except ExecutorError as exc:
+            raise SiteError(f"site {self.name}: {doing}: {exc}", retryable=exc.retryable) from exc
+
+
+def ending_nodes(running: str) -> int:
+    """Nodes of the jobs in `squeue --format=%D|%L` output with at most
+    ENDING_S left."""
+    nodes = 0
+    for line in running.splitlines():
+        count, _, left = line.strip().partition("|")
+        seconds = _time_left_s(left)
+        if count.isdigit() and seconds is not None and seconds <= ENDING_S:
+            nodes += int(count)
+    return nodes
+
+
+def _time_left_s(text: str) -> int | None:
+    """Slurm's [days-][[hours:]minutes:]seconds; None for UNLIMITED and the like."""
+    days, _, clock = text.rpartition("-")
+    parts = clock.split(":")
+    if not (days.isdigit() or days == "") or not all(p.isdigit() for p in parts):
+        return None
+    if not 1 <= len(parts) <= 3:
+        return None
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + int(part)
+    return seconds + int(days or 0) * 86400
+
+
+def owner_queue_from(pending: str, nodes: str, *, pilots_partition: str) -> OwnerQueue:
+    """The owners' queue from `squeue --format=%D|%r|%P` (pending jobs) and
+    `sinfo --Node --format=%N|%T` output. Jobs in the pilots' own partition
+    are not the owners'; jobs pending for a limit or a hold are not waiting
+    for nodes; jobs not yet looked at by the scheduler are new. A node
+    listed in several partitions counts once."""
+    wanted = new = 0
+    for line in pending.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 3:
+            continue
+        count, reason, partition = fields
+        if pilots_partition in partition.split(",") or not count.isdigit():
+            continue
+        if reason in WAITING_REASONS:
+            wanted += int(count)
+        elif reason == NEW_REASON:
+            new += int(count)
+    free: set[str] = set()
+    for line in nodes.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 2:
+            continue
+        node, state = fields
+        if state.rstrip("*~#!%$@^-+").lower() in FREE_NODE_STATES:
+            free.add(node)
+    return OwnerQueue(pending_nodes=wanted, free_nodes=len(free), new_nodes=new)
+
+
+__all__ = ["DRAIN_REQUEST", "JOB_ID", "SlurmBackfillSite", "ending_nodes", "owner_queue_from"]

@@ -1,0 +1,232 @@
+"""The Slurm backfill site, for real: `tide run` reaches the lab's Slurm
+cluster (tests/bin/lab-slurm) over SSH through its login node, as the
+cluster's `tide` account, and scales pilots - native HTCondor startds in
+Slurm jobs - into the lab pool for grid jobs that only the site can run.
+
+- Backfill fills idle nodes when grid jobs wait, and the jobs complete.
+- An owner job submitted while backfill holds every node starts; every grid
+  job evicted for it returns to idle in its schedd and later completes.
+- No pilot is submitted while owner jobs wait.
+- `tide evacuate --site S --nodes N` gives back N nodes, least busy first.
+- A controller killed in the middle of an evacuation and started again
+  leaves no orphan pilot: the store and the cluster agree.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests import lab, slurm_lab
+from tests.integration.test_controller import Daemon, _secret, _submit
+
+GRID_JOB_S = 20
+NODES = len(slurm_lab.NODES)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster() -> Iterator[None]:
+    slurm_lab.slurm_up()
+    yield
+    _cancel_all()
+
+
+def _cancel_all() -> None:
+    """Every Slurm job of the lab cluster's users, and the grid jobs of these tests."""
+    for user in (slurm_lab.PILOT_USER, slurm_lab.OWNER_USER):
+        slurm_lab.slurm("scancel", "-u", user, user="root")
+    lab.in_container(
+        lab.CM_HOST,
+        lab.CM_CONTAINER,
+        "condor_rm",
+        "-constraint",
+        "TideSlurmTest =?= true",
+        check=False,
+    )
+
+
+def _config(tmp: Path, owner: str, site: str) -> Path:
+    key = tmp / "slurm.key"
+    key.write_bytes(slurm_lab.SSH_KEY.read_bytes())
+    key.chmod(0o600)
+    return lab.controller_config(
+        tmp,
+        token=_secret(tmp, "controller.token"),
+        owner=owner,
+        sites=f"""\
+            {site}:
+              kind: slurm_backfill
+              shape: {{cpus: 1, memory_mb: 500, disk_mb: 1024}}
+              attributes: {{TideSiteKind: slurm}}
+              worker_token_file: {_secret(tmp, "worker.token")}
+              partition: {slurm_lab.BACKFILL_PARTITION}
+              owner_partitions: [{slurm_lab.OWNER_PARTITION}]
+              walltime: "01:00:00"
+              idle_exit_s: 300
+              condor_config: {{NETWORK_INTERFACE: 127.0.0.1}}
+              login:
+                host: {slurm_lab.LOGIN_HOST}
+                port: {slurm_lab.LOGIN_SSH_PORT}
+                user: {slurm_lab.PILOT_USER}
+                key_file: {key}
+                known_hosts_file: {slurm_lab.KNOWN_HOSTS}
+              limits:
+                max_resources: {NODES}
+                max_booting: {NODES}
+                idle_timeout_s: 30
+                owner_quiet_s: 5
+            """,
+    )
+
+
+@contextmanager
+def _daemon(tmp: Path) -> Iterator[Daemon]:
+    tag = uuid.uuid4().hex[:6]
+    owner, site = f"test-{tag}", f"hpc{tag}"
+    d = Daemon(_config(tmp, owner, site), owner, site, tmp / "tide.log")
+    d.start()
+    try:
+        yield d
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
+        _cancel_all()
+    text = d.log.read_text()
+    assert d.code in (0, None), text[-3000:]
+    assert (tmp / "worker.token").read_text().strip() not in text
+
+
+def _pilots(site: str) -> dict[str, str]:
+    """The site's pilots in the cluster's queue: name -> state."""
+    out = slurm_lab.slurm("squeue", "--me", "--noheader", "--format=%j %T")
+    pairs = (line.split() for line in out.splitlines() if line.strip())
+    return {name: state for name, state in pairs if name.startswith(f"tide-{site}-")}
+
+
+def _grid_jobs(site: str, count: int, seconds: int = GRID_JOB_S) -> str:
+    return _submit(site, seconds, count, "request_disk = 10MB", "+TideSlurmTest = true")
+
+
+def _jobs(cluster: str) -> list[tuple[int, int]]:
+    """(JobStatus, NumJobStarts) of a cluster's jobs still queued."""
+    out = lab.in_container(
+        lab.CM_HOST, lab.CM_CONTAINER, "condor_q", cluster, "-af", "JobStatus", "NumJobStarts"
+    ).stdout
+    return [(int(a), int(b)) for a, b in (line.split() for line in out.splitlines() if line)]
+
+
+def _done(cluster: str) -> int:
+    out = lab.in_container(
+        lab.CM_HOST, lab.CM_CONTAINER, "condor_history", cluster, "-af", "ExitCode"
+    ).stdout
+    return sum(1 for code in out.split() if code == "0")
+
+
+def _until(what: str, check: Callable[[], bool], timeout: float = 240) -> None:
+    lab.wait_for(what, check, timeout=timeout)
+
+
+def _until_jobs(cluster: str, want: list[tuple[int, int]], what: str, timeout: float) -> None:
+    """Wait until the cluster's (JobStatus, NumJobStarts), sorted, are `want`."""
+    seen: list[tuple[int, int]] = []
+
+    def check() -> bool:
+        nonlocal seen
+        seen = sorted(_jobs(cluster))
+        return seen == want
+
+    try:
+        lab.wait_for(what, check, timeout=timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: (JobStatus, NumJobStarts) last {seen}") from None
+
+
+def _all_running(cluster: str) -> None:
+    _until(
+        "every grid job running on a pilot",
+        lambda: [s for s, _ in _jobs(cluster)] == [2] * NODES,
+    )
+
+
+def _owner_job(seconds: int) -> str:
+    return slurm_lab.sbatch(
+        f"#!/bin/bash\nsleep {seconds}\n",
+        user=slurm_lab.OWNER_USER,
+        partition=slurm_lab.OWNER_PARTITION,
+        extra=("--nodes=1", "--exclusive"),
+    )
+
+
+def test_backfill_fills_idle_nodes_and_gives_them_to_owners(tmp_path: Path) -> None:
+    with _daemon(tmp_path) as d:
+        cluster = _grid_jobs(d.site, NODES, seconds=600)
+        _all_running(cluster)
+        assert sorted(_pilots(d.site).values()) == ["RUNNING"] * NODES  # every node backfilled
+        # The owners come back: their job starts, the evicted grid job is idle
+        # again (not lost), and no pilot is submitted while they wait.
+        owner = _owner_job(30)
+        slurm_lab.wait_for_state(owner, {"RUNNING"}, timeout=60)
+        _until(
+            "the evicted grid job back to idle",
+            lambda: sorted(_jobs(cluster))[0] == (1, 1),
+            timeout=60,
+        )
+        assert list(_pilots(d.site).values()).count("RUNNING") == NODES - 1
+        # The owner job ends; after the owners' quiet time a pilot comes back
+        # and the evicted job runs again.
+        _until_jobs(
+            cluster,
+            # NumJobStarts counts a start once it ended: the evicted job's first.
+            [(2, 0)] * (NODES - 1) + [(2, 1)],
+            "the evicted job running again, the others untouched",
+            timeout=180,
+        )
+        d.tide("evacuate", "--site", d.site, "--nodes", "2")
+        _until(
+            "two nodes given back",
+            lambda: list(_pilots(d.site).values()).count("RUNNING") == NODES - 2,
+            timeout=60,
+        )
+        _until(
+            "the two evacuated nodes' jobs back to idle",
+            lambda: sorted(s for s, _ in _jobs(cluster)) == [1, 1, 2, 2],
+            timeout=60,
+        )
+        status = d.tide("status", "--no-demand")
+        assert status.splitlines()[1].split()[3] == str(NODES - 2), status  # running
+        d.tide("resume", "--site", d.site)
+
+
+def test_no_pilot_while_owner_jobs_wait(tmp_path: Path) -> None:
+    owners = [_owner_job(25) for _ in range(NODES + 1)]  # every node, and one waiting
+    slurm_lab.wait_for_state(owners[0], {"RUNNING"}, timeout=60)
+    with _daemon(tmp_path) as d:
+        cluster = _grid_jobs(d.site, 2)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # owners wait: the daemon submits nothing
+            assert _pilots(d.site) == {}
+            time.sleep(1)
+        _until("the grid jobs done once the owners are", lambda: _done(cluster) == 2, 300)
+
+
+def test_a_restart_mid_evacuation_leaves_no_orphan_pilot(tmp_path: Path) -> None:
+    with _daemon(tmp_path) as d:
+        cluster = _grid_jobs(d.site, NODES, seconds=600)
+        _all_running(cluster)
+        d.tide("evacuate", "--site", d.site, "--wait-s", "0")
+        time.sleep(0.5)
+        d.kill()  # in the middle of it
+        d.start()
+        _until("every pilot given back", lambda: _pilots(d.site) == {}, timeout=60)
+        _until(
+            "the store agrees: nothing alive",
+            lambda: d.tide("status", "--no-demand").splitlines()[1].split()[1:] == ["0"] * 6,
+            timeout=60,
+        )
+        assert sorted(_jobs(cluster)) == [(1, 1)] * NODES  # all back to idle, none lost
+        d.stop()

@@ -1,0 +1,162 @@
+"""The Slurm backfill site's pure parts: its configuration, the owners'
+queue parsed from squeue/sinfo output, and the pilot script it renders
+(checked by bash itself). Its calls to Slurm are tested on the lab's real
+cluster (tests/integration/test_site_slurm.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from tide.config import ConfigError, SlurmBackfillSiteConfig, load_config
+from tide.executors import Completed
+from tide.model import Shape
+from tide.sites.base import OwnerQueue, PoolEndpoint
+from tide.sites.slurm import SlurmBackfillSite, ending_nodes, owner_queue_from
+
+CONFIG = """\
+pool:
+  collector: 127.0.0.1:29618
+  domain: lab.tide
+  token_file: /etc/tide/pool.token
+sites:
+  maxwell:
+    kind: slurm_backfill
+    shape: {cpus: 2, memory_mb: 1000, disk_mb: 5000}
+    worker_token_file: /etc/tide/worker.token
+    partition: backfill
+    owner_partitions: [owner]
+    login:
+      host: 127.0.0.1
+      port: 29808
+      user: tide
+      key_file: /etc/tide/slurm.key
+      known_hosts_file: /etc/tide/slurm.known_hosts
+    attributes: {HasCvmfs: true}
+    condor_config: {NETWORK_INTERFACE: 127.0.0.1}
+"""
+
+
+def _config(tmp_path: Path, text: str = CONFIG) -> SlurmBackfillSiteConfig:
+    path = tmp_path / "tide.yml"
+    path.write_text(text)
+    site = load_config(path).sites["maxwell"]
+    assert isinstance(site, SlurmBackfillSiteConfig)
+    return site
+
+
+def test_a_slurm_site_config_loads_with_its_defaults(tmp_path: Path) -> None:
+    site = _config(tmp_path)
+    assert site.login is not None
+    assert site.login.port == 29808
+    assert (site.walltime, site.whole_node, site.idle_exit_s) == ("12:00:00", True, 600)
+
+
+@pytest.mark.parametrize(
+    ("line", "value", "message"),
+    [
+        ("    partition: backfill", "    partition: 'back fill'", "sites.maxwell.partition"),
+        ("    owner_partitions: [owner]", "    walltime: 12h", "sites.maxwell.walltime"),
+        ("      port: 29808", "      port: 0", "sites.maxwell.login.port"),
+    ],
+)
+def test_bad_slurm_settings_are_named(tmp_path: Path, line: str, value: str, message: str) -> None:
+    path = tmp_path / "tide.yml"
+    path.write_text(CONFIG.replace(line, value))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any(message in e for e in caught.value.errors), caught.value.errors
+
+
+SQUEUE = """\
+1|Resources|owner
+2|Priority|owner
+1|QOSMaxJobsPerUserLimit|owner
+3|None|owner
+1|Resources|backfill
+"""
+SINFO = """\
+max-001|idle
+max-001|idle
+max-002|allocated
+max-003|completing
+max-004|mixed
+"""
+
+
+def test_the_owners_queue_counts_nodes_waited_for_and_free() -> None:
+    # The limit-bound job waits for no node; the job with reason None is new
+    # (not yet scheduled); the pilots' own partition is not the owners';
+    # max-001 is listed once per partition.
+    assert owner_queue_from(SQUEUE, SINFO, pilots_partition="backfill") == OwnerQueue(
+        pending_nodes=3, free_nodes=2, new_nodes=3
+    )
+
+
+def test_an_empty_queue_waits_for_nothing() -> None:
+    assert owner_queue_from("", "max-001|idle*\n", pilots_partition="backfill") == OwnerQueue(0, 1)
+
+
+def test_nodes_of_jobs_about_to_end_count_as_coming_back() -> None:
+    # Being preempted (GraceTime 5 s), its walltime nearly up, and three that
+    # keep their nodes; UNLIMITED and unparsable lines count for nothing.
+    running = "1|0:05\n2|30\n1|1:00:00\n1|2-00:00:10\n1|UNLIMITED\n1|INVALID\n"
+    assert ending_nodes(running) == 3
+
+
+class NoExecutor:
+    """An executor that must not be called (rendering is local)."""
+
+    def run(
+        self, argv: Sequence[str], *, stdin: str | None = None, timeout_s: float = 30.0
+    ) -> Completed:
+        raise AssertionError(f"no command expected, got {argv}")
+
+    def close(self) -> None:
+        pass
+
+
+def _site(tmp_path: Path) -> SlurmBackfillSite:
+    token = tmp_path / "worker.token"
+    token.write_text("SECRET-TOKEN-TEXT")
+    return SlurmBackfillSite(
+        "maxwell",
+        _config(tmp_path),
+        executor=NoExecutor(),
+        owner="tide-lab",
+        pool=PoolEndpoint("127.0.0.1:29618", "lab.tide"),
+        worker_token_file=token,
+        shape=Shape(2, 1000, 5000),
+    )
+
+
+def test_the_pilot_script_is_valid_bash_and_holds_no_secret(tmp_path: Path) -> None:
+    script = _site(tmp_path).script("tide-maxwell-0000abcd")
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    assert "SECRET-TOKEN-TEXT" not in script
+    settings = _settings(script)
+    assert settings["TideResourceId"] == '"tide-maxwell-0000abcd"'
+    assert settings["COLLECTOR_HOST"] == "127.0.0.1:29618"
+    assert settings["NUM_CPUS"] == "2"
+    assert settings["MEMORY"] == "1000"
+    assert settings["DISK"] == str(5000 * 1024)
+    assert settings["HasCvmfs"] == "true"
+    assert settings["TideSite"] == '"maxwell"'
+    assert settings["NETWORK_INTERFACE"] == "127.0.0.1"
+    assert settings["STARTD_NOCLAIM_SHUTDOWN"] == "600"
+    assert "HasCvmfs" in settings["STARTD_ATTRS"].split()
+    assert "TideSite" in settings["STARTD_ATTRS"].split()
+
+
+def _settings(script: str) -> Mapping[str, str]:
+    body = script.split('cat >"$work/condor_config" <<EOF\n', 1)[1].split("\nEOF\n", 1)[0]
+    out: dict[str, str] = {}
+    for line in textwrap.dedent(body).splitlines():
+        if " = " in line and not line.startswith("#"):
+            key, value = line.split(" = ", 1)
+            out[key] = value
+    return out
