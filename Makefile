@@ -108,6 +108,7 @@ bench: lab
 	python -m benchmarks.recipe
 	python -m benchmarks.controller_decide
 	python -m benchmarks.controller_loop
+	python -m benchmarks.evacuation
 
 clean: demo-down
 	@docker images --format '{{.Repository}}:{{.Tag}}' | grep '^tide/' | xargs -r docker rmi -f >/dev/null

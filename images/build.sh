@@ -58,8 +58,8 @@ build_one() {
         log "ERROR: docker build of $tag failed; see $state/build-$name.log"
         exit 1
     fi
-    # lab-host runs only on this machine's engine: no archive needed.
-    [ "$name" = lab-host ] && return
+    # The lab's hosts and Slurm cluster run only on this machine's engine: no archive needed.
+    case $name in lab-host | slurm-lab) return ;; esac
     local id
     id=$(docker image inspect -f '{{.Id}}' "$tag")
     if [ "$(cat "$archives/$name.id" 2>/dev/null)" != "$id" ]; then
