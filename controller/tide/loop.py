@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -237,14 +237,16 @@ class Controller:
 
     # --- reconcile ------------------------------------------------------
 
-    def reconcile(self) -> None:
-        """Align the store with what each site lists: recorded resources the
-        site no longer lists are GONE; resources the site lists that the store
-        does not hold alive (orphans, e.g. from a crash before the store write
-        of an older Tide) are destroyed. A site whose listing fails is skipped
-        and stays pending for the next call."""
+    def reconcile(self, only: Collection[str] | None = None) -> None:
+        """Align the store with what each site (or each of `only`) lists:
+        recorded resources the site no longer lists are GONE; resources the
+        site lists that the store does not hold alive (orphans, e.g. from a
+        crash before the store write of an older Tide) are destroyed. A site
+        whose listing fails is skipped and stays pending for the next call."""
         now = self._clock()
         for name, (_site, adapter) in sorted(self._sites.items()):
+            if only is not None and name not in only:
+                continue
             try:
                 owned = adapter.list_owned()
             except Exception as exc:
@@ -508,6 +510,12 @@ class Controller:
             return self._cycle()
 
     def _cycle(self) -> Plan:
+        # Backfill sites are listed every cycle: their owners take nodes back
+        # by themselves (Slurm preemption), and a pilot gone that way must
+        # not hold its place in the quota until the next full reconcile.
+        backfill = {n for n, (_s, a) in self._sites.items() if isinstance(a, BackfillSite)}
+        if backfill:
+            self.reconcile(only=backfill)
         now = self._clock()
         obs = self.observe(now)
         plan = self.safe(obs, decide(obs.snapshot))

@@ -12,6 +12,7 @@ import hashlib
 import json
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -164,6 +165,26 @@ def test_a_bad_site_setting_fails_naming_the_key_and_changes_nothing() -> None:
     assert f"sites.{SITE}.bogus_key: unknown key" in result.output, result.output[-6000:]
     after = (_config_digest(), _running_pid(), _show("ActiveEnterTimestampMonotonic"))
     assert after == before
+
+
+def test_a_sites_other_private_files_are_installed_0600(tmp_path: Path) -> None:
+    key = tmp_path / "hpc.key"
+    key.write_text("not a real key\n")
+    key.chmod(0o600)
+    extra = {"controller_secret_files": {"hpc.key": str(key)}}
+    try:
+        result = lab.playbook("controller", "-e", json.dumps(extra))
+        assert result.returncode == 0, result.output[-6000:]
+        installed = f"{SECRETS}/hpc.key"
+        assert lab.on_host(HOST, "stat", "-c", "%a %U", installed).stdout.split() == ["600", "root"]
+        assert lab.on_host(HOST, "cat", installed).stdout == "not a real key\n"
+        assert "not a real key" not in result.output  # no_log
+    finally:
+        lab.on_host(HOST, "rm", "-f", f"{SECRETS}/hpc.key")
+    clash = {"controller_secret_files": {"pool.token": str(key)}}
+    result = lab.playbook("controller", "-e", json.dumps(clash))
+    assert result.returncode != 0
+    assert "controller_secret_files: 'pool.token' must be a file name" in result.output
 
 
 def test_a_bad_variable_fails_before_anything_changes() -> None:

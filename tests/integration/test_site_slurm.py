@@ -9,7 +9,8 @@ Slurm jobs - into the lab pool for grid jobs that only the site can run.
 - No pilot is submitted while owner jobs wait.
 - `tide evacuate --site S --nodes N` gives back N nodes, least busy first.
 - A controller killed in the middle of an evacuation and started again
-  leaves no orphan pilot: the store and the cluster agree.
+  leaves no orphan pilot: the store and the cluster agree; the evicted
+  grid jobs complete once the site is resumed.
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ def test_no_pilot_while_owner_jobs_wait(tmp_path: Path) -> None:
 
 def test_a_restart_mid_evacuation_leaves_no_orphan_pilot(tmp_path: Path) -> None:
     with _daemon(tmp_path) as d:
-        cluster = _grid_jobs(d.site, NODES, seconds=600)
+        cluster = _grid_jobs(d.site, NODES, seconds=60)
         _all_running(cluster)
         d.tide("evacuate", "--site", d.site, "--wait-s", "0")
         time.sleep(0.5)
@@ -229,4 +230,6 @@ def test_a_restart_mid_evacuation_leaves_no_orphan_pilot(tmp_path: Path) -> None
             timeout=60,
         )
         assert sorted(_jobs(cluster)) == [(1, 1)] * NODES  # all back to idle, none lost
+        d.tide("resume", "--site", d.site)
+        _until("every evicted grid job completed", lambda: _done(cluster) == NODES, 300)
         d.stop()

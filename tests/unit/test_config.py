@@ -312,4 +312,4 @@ def test_the_documented_example_is_a_valid_configuration(tmp_path: Path) -> None
     readme = (Path(__file__).resolve().parents[2] / "controller" / "README.md").read_text()
     example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
     config = load_config(_write(tmp_path, example))
-    assert sorted(config.sites) == ["cloud", "fatnode"]
+    assert sorted(config.sites) == ["cloud", "fatnode", "maxwell"]

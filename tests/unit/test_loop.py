@@ -736,3 +736,16 @@ def test_an_operator_evacuation_is_done_once_and_pauses_the_site(store: Store) -
     store.set_site_detail("a", "paused", False)
     w.controller.cycle()
     assert len(site.created) == 4
+
+
+def test_a_backfill_site_is_listed_every_cycle(store: Store) -> None:
+    # Slurm took a node back by itself (preemption): its pilot is gone at
+    # once, not at the next full reconcile, and demand gets a new one.
+    w, site, (rid,) = backfill_world(store, busy=(1,))
+    del site.owned[rid]
+    del w.slots.slots[rid]
+    w.want(1)
+    w.clock.now += 1
+    w.controller.cycle()
+    assert w.states()[rid] is State.GONE
+    assert len(site.created) == 2
