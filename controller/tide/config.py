@@ -421,6 +421,30 @@ class SlurmBackfillSiteConfig(_SiteBase):
         gt=0,
         description="Seconds a Slurm command may take before it counts as failed.",
     )
+    cvmfsexec_dir: str | None = Field(
+        default=None,
+        min_length=1,
+        description="CVMFS for clusters without it: the folder, on the nodes (a shared file "
+        "system), of the cvmfsexec distribution the cvmfs role installs in its cvmfsexec mode "
+        "(cvmfs_cvmfsexec_dir). Every grid job then runs inside `cvmfsexec REPO... --`. None: "
+        "the nodes have CVMFS, or the jobs need none.",
+    )
+    cvmfs_repositories: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")]] = Field(
+        default_factory=list,
+        description="The repositories cvmfsexec mounts for each job, advertised as "
+        "TideCvmfsRepositories. Required with cvmfsexec_dir.",
+    )
+
+    @model_validator(mode="after")
+    def _cvmfs_pair(self) -> Self:
+        if self.cvmfsexec_dir is not None and not self.cvmfs_repositories:
+            raise PydanticCustomError(
+                "cvmfs_repositories",
+                "cvmfsexec_dir is set but cvmfs_repositories is empty: name the repositories "
+                "cvmfsexec mounts for each job",
+                {},
+            )
+        return self
 
 
 SiteConfig = Annotated[

@@ -8,6 +8,8 @@ Slurm jobs - into the lab pool for grid jobs that only the site can run.
   job evicted for it returns to idle in its schedd and later completes.
 - No pilot is submitted while owner jobs wait.
 - `tide evacuate --site S --nodes N` gives back N nodes, least busy first.
+- A pilot runs every job inside cvmfsexec when the site has no CVMFS, and
+  an idle pilot is drained and leaves.
 - A controller killed in the middle of an evacuation and started again
   leaves no orphan pilot: the store and the cluster agree; the evicted
   grid jobs complete once the site is resumed.
@@ -51,7 +53,7 @@ def _cancel_all() -> None:
     )
 
 
-def _config(tmp: Path, owner: str, site: str) -> Path:
+def _config(tmp: Path, owner: str, site: str, extra: str = "") -> Path:
     key = tmp / "slurm.key"
     key.write_bytes(slurm_lab.SSH_KEY.read_bytes())
     key.chmod(0o600)
@@ -70,6 +72,7 @@ def _config(tmp: Path, owner: str, site: str) -> Path:
               walltime: "01:00:00"
               idle_exit_s: 300
               condor_config: {{NETWORK_INTERFACE: 127.0.0.1}}
+              {extra}
               login:
                 host: {slurm_lab.LOGIN_HOST}
                 port: {slurm_lab.LOGIN_SSH_PORT}
@@ -86,10 +89,10 @@ def _config(tmp: Path, owner: str, site: str) -> Path:
 
 
 @contextmanager
-def _daemon(tmp: Path) -> Iterator[Daemon]:
+def _daemon(tmp: Path, extra: str = "") -> Iterator[Daemon]:
     tag = uuid.uuid4().hex[:6]
     owner, site = f"test-{tag}", f"hpc{tag}"
-    d = Daemon(_config(tmp, owner, site), owner, site, tmp / "tide.log")
+    d = Daemon(_config(tmp, owner, site, extra), owner, site, tmp / "tide.log")
     d.start()
     try:
         yield d
@@ -233,3 +236,31 @@ def test_a_restart_mid_evacuation_leaves_no_orphan_pilot(tmp_path: Path) -> None
         d.tide("resume", "--site", d.site)
         _until("every evicted grid job completed", lambda: _done(cluster) == NODES, 300)
         d.stop()
+
+
+CVMFSEXEC_DIR = "/opt/tide/cvmfsexec"
+
+
+def test_a_pilot_runs_jobs_inside_cvmfsexec_and_leaves_when_idle(tmp_path: Path) -> None:
+    # The distribution the cvmfs role installed (cvmfsexec mode, with the
+    # lab's cvmfsexec double) on the lab's cvmfsexec worker, copied to the
+    # cluster's nodes as a site would put it on a shared file system.
+    dist = lab.on_host(lab.CVMFSEXEC_WORKER_HOST, "tar", "-C", CVMFSEXEC_DIR, "-c", ".")
+    slurm_lab.slurm("mkdir", "-p", CVMFSEXEC_DIR, user="root")
+    lab.run(
+        ["docker", "exec", "-i", slurm_lab.CONTAINER, "tar", "-C", CVMFSEXEC_DIR, "-x"],
+        input_text=dist.stdout,
+    )
+    repos = ", ".join(lab.CVMFS_REPOSITORIES)
+    extra = f"cvmfsexec_dir: {CVMFSEXEC_DIR}\n              cvmfs_repositories: [{repos}]"
+    with _daemon(tmp_path, extra) as d:
+        cluster = _grid_jobs(d.site, 1, seconds=5)  # a pilot comes for it
+        _until("the grid job done on a pilot", lambda: _done(cluster) == 1)
+        (pilot,) = _pilots(d.site)  # idle now, for idle_timeout_s
+        job = lab.run_job('echo "$TIDE_CVMFSEXEC_DOUBLE"', on=pilot)
+        assert job.exit_code == "0"
+        assert job.output.startswith(f"repositories={' '.join(lab.CVMFS_REPOSITORIES)} "), job
+        # Idle for idle_timeout_s: drained (SIGUSR1 to the pilot: condor_drain),
+        # then given back; the Slurm job ends.
+        _until("the idle pilot drained and gone", lambda: _pilots(d.site) == {}, timeout=180)
+        assert "startd draining" in d.log.read_text()

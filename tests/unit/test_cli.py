@@ -241,3 +241,57 @@ def test_demand_table_shows_matched_and_unmatched_jobs() -> None:
     assert lines[3].split() == ["cm#3", "1", "1", "100", "10", "fat,small"]
     assert lines[4] == "6 idle jobs matched to a site, 2 unmatched (no site can run them)"
     assert lines[5].startswith("incomplete: a schedd did not answer")
+
+
+HPC = (
+    "  hpc:\n"
+    "    kind: slurm_backfill\n"
+    "    shape: {cpus: 2, memory_mb: 4096, disk_mb: 20000}\n"
+    "    partition: backfill\n"
+)
+
+
+def _hpc_config(tmp_path: Path) -> Path:
+    return _config(tmp_path, HPC + f"    worker_token_file: {tmp_path}/worker.token\n")
+
+
+def test_evacuate_asks_the_daemon_and_pauses_the_site(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _hpc_config(tmp_path)
+    argv = ["evacuate", "--config", str(path), "--site", "hpc", "--nodes", "2", "--wait-s", "0"]
+    assert main(argv) == 0
+    assert "hpc: paused" in capsys.readouterr().out
+    with Store.open(tmp_path / "state" / "state.sqlite3", exclusive=False) as store:
+        assert store.site_detail("hpc") == {"evacuate": 2, "paused": True}
+    assert main(["resume", "--config", str(path), "--site", "hpc"]) == 0
+    with Store.open(tmp_path / "state" / "state.sqlite3", exclusive=False) as store:
+        assert store.site_detail("hpc") == {"evacuate": None, "paused": False}
+
+
+def test_evacuate_says_when_the_daemon_gives_nothing_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _hpc_config(tmp_path)
+    with Store.open(tmp_path / "state" / "state.sqlite3") as store:
+        store.add("tide-hpc-00000001", "hpc", 1.0, "test")
+    argv = ["evacuate", "--config", str(path), "--site", "hpc", "--wait-s", "0.3"]
+    assert main(argv) == 1
+    assert "1 not given back after 0s: is the daemon running?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("site", "nodes", "message"),
+    [
+        ("nope", "1", "no site 'nope' in the configuration (sites: hpc, local)"),
+        ("local", "1", "site 'local' is not a backfill site"),
+        ("hpc", "0", "--nodes 0: give at least 1"),
+    ],
+)
+def test_evacuate_refuses_what_it_cannot_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], site: str, nodes: str, message: str
+) -> None:
+    argv = ["evacuate", "--config", str(_hpc_config(tmp_path)), "--site", site, "--nodes", nodes]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()  # nothing written

@@ -152,6 +152,34 @@ def test_the_pilot_script_is_valid_bash_and_holds_no_secret(tmp_path: Path) -> N
     assert "TideSite" in settings["STARTD_ATTRS"].split()
 
 
+def test_a_pilot_with_cvmfsexec_wraps_every_job(tmp_path: Path) -> None:
+    text = CONFIG.replace(
+        "    partition: backfill\n",
+        "    partition: backfill\n    cvmfsexec_dir: /opt/tide/cvmfsexec\n"
+        "    cvmfs_repositories: [sft.cern.ch, cms.cern.ch]\n",
+    )
+    site = _site(tmp_path)
+    site._config = _config(tmp_path, text)
+    script = site.script("tide-maxwell-0000abcd")
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    settings = _settings(script)
+    assert settings["USER_JOB_WRAPPER"] == "$work/cvmfsexec-wrapper"
+    assert settings["TideCvmfsRepositories"] == '"sft.cern.ch,cms.cern.ch"'
+    assert "exec %q sft.cern.ch cms.cern.ch --" in script
+
+
+def test_cvmfsexec_without_repositories_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tide.yml"
+    path.write_text(
+        CONFIG.replace(
+            "    partition: backfill\n", "    partition: backfill\n    cvmfsexec_dir: /x\n"
+        )
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any("cvmfs_repositories is empty" in e for e in caught.value.errors)
+
+
 def _settings(script: str) -> Mapping[str, str]:
     body = script.split('cat >"$work/condor_config" <<EOF\n', 1)[1].split("\nEOF\n", 1)[0]
     out: dict[str, str] = {}

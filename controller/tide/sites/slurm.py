@@ -264,6 +264,8 @@ class SlurmBackfillSite:
             site_name_literal=classad_literal(self._site_name),
             attributes=self._attributes,
             condor_config=self._config.condor_config,
+            cvmfsexec_dir=self._config.cvmfsexec_dir,
+            cvmfs_repositories=self._config.cvmfs_repositories,
         )
 
     def _staged(self) -> str:
