@@ -37,6 +37,9 @@ NODES = len(slurm_lab.NODES)
 GRID_JOB_S = 20
 GRID_JOBS = 400  # more than the run can finish: every node stays busy
 OWNER_QUIET_S = 5.0
+# The lab cluster preempts for `owner` jobs itself within bf_interval (1 s):
+# Tide leaves them to it this long, so no node is given back twice.
+OWNER_GRACE_S = 3.0
 MARK = "TideEvacuationBench"
 
 # Submit an owner job and poll until it runs, inside the cluster; prints
@@ -107,6 +110,7 @@ def _config(tmp: Path, owner: str, site: str) -> Path:
               worker_token_file: {_secret(tmp, "worker.token")}
               partition: {slurm_lab.BACKFILL_PARTITION}
               owner_partitions: [{slurm_lab.OWNER_PARTITION}]
+              owner_grace_s: {OWNER_GRACE_S}
               walltime: "02:00:00"
               condor_config: {{NETWORK_INTERFACE: 127.0.0.1}}
               login:

@@ -20,6 +20,8 @@ CONTAINER = "tide-lab-slurm"
 NODES: tuple[str, ...] = tuple(f"max-{i:03d}" for i in range(1, 5))
 OWNER_PARTITION = "owner"
 BACKFILL_PARTITION = "backfill"
+# Owners whose jobs do not preempt backfill: only Tide evacuates for them.
+NOPREEMPT_PARTITION = "owner-nopreempt"
 OWNER_USER = "hpcowner"
 PILOT_USER = "tide"
 

@@ -393,6 +393,14 @@ class SlurmBackfillSiteConfig(_SiteBase):
     owner_accounts: list[Annotated[str, Field(pattern=_SLURM_NAME)]] = Field(
         default_factory=list, description="Only owner jobs of these accounts count; empty: any."
     )
+    owner_grace_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="An owner job waits this long before Tide evacuates for it (it blocks "
+        "new pilots at once). 0, the default, evacuates at once. On a cluster that preempts "
+        "the backfill partition for its owners itself, set it a little above its scheduler's "
+        "reaction (bf_interval, 30 s by default), so that the two never give back a node each.",
+    )
     idle_exit_s: int = Field(
         default=600,
         ge=0,

@@ -29,6 +29,9 @@ from tests import lab, slurm_lab
 from tests.integration.test_controller import Daemon, _secret, _submit
 
 GRID_JOB_S = 20
+# The lab cluster preempts backfill for `owner` jobs itself (bf_interval 1 s):
+# Tide leaves those jobs to it for this long. `owner-nopreempt` jobs are Tide's.
+OWNER_GRACE_S = 3
 NODES = len(slurm_lab.NODES)
 
 
@@ -68,7 +71,8 @@ def _config(tmp: Path, owner: str, site: str, extra: str = "") -> Path:
               attributes: {{TideSiteKind: slurm}}
               worker_token_file: {_secret(tmp, "worker.token")}
               partition: {slurm_lab.BACKFILL_PARTITION}
-              owner_partitions: [{slurm_lab.OWNER_PARTITION}]
+              owner_partitions: [{slurm_lab.OWNER_PARTITION}, {slurm_lab.NOPREEMPT_PARTITION}]
+              owner_grace_s: {OWNER_GRACE_S}
               walltime: "01:00:00"
               idle_exit_s: 300
               condor_config: {{NETWORK_INTERFACE: 127.0.0.1}}
@@ -157,11 +161,11 @@ def _all_running(cluster: str) -> None:
     )
 
 
-def _owner_job(seconds: int) -> str:
+def _owner_job(seconds: int, partition: str = slurm_lab.OWNER_PARTITION) -> str:
     return slurm_lab.sbatch(
         f"#!/bin/bash\nsleep {seconds}\n",
         user=slurm_lab.OWNER_USER,
-        partition=slurm_lab.OWNER_PARTITION,
+        partition=partition,
         extra=("--nodes=1", "--exclusive"),
     )
 
@@ -204,6 +208,29 @@ def test_backfill_fills_idle_nodes_and_gives_them_to_owners(tmp_path: Path) -> N
         status = d.tide("status", "--no-demand")
         assert status.splitlines()[1].split()[3] == str(NODES - 2), status  # running
         d.tide("resume", "--site", d.site)
+
+
+def test_tide_evacuates_exactly_what_owners_lack_least_busy_first(tmp_path: Path) -> None:
+    # Owners on a partition that does not preempt: only Tide gives nodes back.
+    with _daemon(tmp_path) as d:
+        busy = _grid_jobs(d.site, NODES - 1, seconds=600)
+        _until(
+            "three pilots busy, a fourth booted for nothing yet",
+            lambda: [s for s, _ in _jobs(busy)] == [2] * (NODES - 1),
+        )
+        idle_pilot = _grid_jobs(d.site, 1, seconds=5)  # its pilot is idle afterwards
+        _until("the short job done", lambda: _done(idle_pilot) == 1)
+        pilots = _pilots(d.site)
+        assert sorted(pilots.values()) == ["RUNNING"] * NODES
+        owners = [_owner_job(60, slurm_lab.NOPREEMPT_PARTITION) for _ in range(2)]
+        for job in owners:
+            slurm_lab.wait_for_state(job, {"RUNNING"}, timeout=60)
+        # Exactly two nodes given back: the idle pilot first, then one busy one.
+        _until_jobs(busy, [(1, 1)] + [(2, 0)] * (NODES - 2), "one busy job evicted", 60)
+        assert list(_pilots(d.site).values()).count("RUNNING") == NODES - 2
+        log = d.log.read_text()
+        assert log.count("msg=evacuating") == 2, log[-3000:]
+        assert "given back, 0 running jobs vacated" in log
 
 
 def test_no_pilot_while_owner_jobs_wait(tmp_path: Path) -> None:

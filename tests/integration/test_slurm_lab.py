@@ -126,7 +126,11 @@ def test_login_node_over_ssh(cluster: None, tmp_path: Path) -> None:
     user, *partitions = out.splitlines()
     assert user == sl.PILOT_USER
     assert sorted(partitions) == sorted(
-        [f"{sl.OWNER_PARTITION}* {len(sl.NODES)}", f"{sl.BACKFILL_PARTITION} {len(sl.NODES)}"]
+        [
+            f"{sl.OWNER_PARTITION}* {len(sl.NODES)}",
+            f"{sl.BACKFILL_PARTITION} {len(sl.NODES)}",
+            f"{sl.NOPREEMPT_PARTITION} {len(sl.NODES)}",
+        ]
     )
 
     # The key opens no other account, and a client that does not know the

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -73,11 +73,11 @@ def test_bad_slurm_settings_are_named(tmp_path: Path, line: str, value: str, mes
 
 
 SQUEUE = """\
-1|Resources|owner
-2|Priority|owner
-1|QOSMaxJobsPerUserLimit|owner
-3|None|owner
-1|Resources|backfill
+11|1|Resources|owner
+12|2|Priority|owner
+13|1|QOSMaxJobsPerUserLimit|owner
+14|3|None|owner
+15|1|Resources|backfill
 """
 SINFO = """\
 max-001|idle
@@ -95,6 +95,31 @@ def test_the_owners_queue_counts_nodes_waited_for_and_free() -> None:
     assert owner_queue_from(SQUEUE, SINFO, pilots_partition="backfill") == OwnerQueue(
         pending_nodes=3, free_nodes=2, new_nodes=3
     )
+
+
+def test_owner_jobs_within_the_grace_time_are_new() -> None:
+    queue = owner_queue_from(SQUEUE, SINFO, pilots_partition="backfill", young={"12"})
+    assert queue == OwnerQueue(pending_nodes=1, free_nodes=2, new_nodes=5)
+
+
+def test_the_grace_time_runs_on_the_controllers_clock(tmp_path: Path) -> None:
+    now = [100.0]
+    answers = iter([SQUEUE, SINFO, "", SQUEUE, SINFO, ""])
+
+    class Queue(NoExecutor):
+        def run(
+            self, argv: Sequence[str], *, stdin: str | None = None, timeout_s: float = 30.0
+        ) -> Completed:
+            return Completed(tuple(argv), 0, next(answers), "")
+
+    site = _site(tmp_path, Queue(), clock=lambda: now[0])
+    site._config = _config(
+        tmp_path,
+        CONFIG.replace("partition: backfill\n", "partition: backfill\n    owner_grace_s: 5\n", 1),
+    )
+    assert site.owner_queue() == OwnerQueue(pending_nodes=0, free_nodes=2, new_nodes=6)
+    now[0] += 5
+    assert site.owner_queue() == OwnerQueue(pending_nodes=3, free_nodes=2, new_nodes=3)
 
 
 def test_an_empty_queue_waits_for_nothing() -> None:
@@ -120,13 +145,18 @@ class NoExecutor:
         pass
 
 
-def _site(tmp_path: Path) -> SlurmBackfillSite:
+def _site(
+    tmp_path: Path,
+    executor: NoExecutor | None = None,
+    clock: Callable[[], float] = lambda: 0.0,
+) -> SlurmBackfillSite:
     token = tmp_path / "worker.token"
     token.write_text("SECRET-TOKEN-TEXT")
     return SlurmBackfillSite(
         "maxwell",
         _config(tmp_path),
-        executor=NoExecutor(),
+        executor=executor or NoExecutor(),
+        clock=clock,
         owner="tide-lab",
         pool=PoolEndpoint("127.0.0.1:29618", "lab.tide"),
         worker_token_file=token,

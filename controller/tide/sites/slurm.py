@@ -29,8 +29,10 @@ SIGTERM to the shell at once, and GraceTime lets it vacate: Slurm's own
 preemption is a second, independent line.
 
 Owners: `owner_queue` counts the nodes the owners' pending jobs want (in
-`owner_partitions`, filtered by QOS and account) and the nodes free for
-them, for tide.policy: idle ones, completing ones (a pilot just
+`owner_partitions`, filtered by QOS and account; jobs waiting for less
+than `owner_grace_s` only block boots, so a cluster that preempts for its
+owners itself gets the first chance) and the nodes free for them, for
+tide.policy: idle ones, completing ones (a pilot just
 cancelled), and those of jobs in the pilots' partition with at most
 ENDING_S left - which is how a job Slurm is preempting for the owners
 looks during its GraceTime, so Tide does not give back a second node for
@@ -41,7 +43,8 @@ from __future__ import annotations
 
 import logging
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -109,6 +112,7 @@ class SlurmBackfillSite:
         pool: PoolEndpoint,
         worker_token_file: Path,
         shape: Shape,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self._config = config
@@ -119,6 +123,8 @@ class SlurmBackfillSite:
         self._shape = shape
         self._tags = f"{OWNER_TAG}={owner} {SITE_TAG}={name}"
         self._work_dir: str | None = None  # absolute, on the cluster, once staged
+        self._clock = clock
+        self._first_seen: dict[str, float] = {}  # pending owner job id -> first seen
         try:
             self._attributes = worker_attributes(name, config.attributes)
         except ValueError as exc:
@@ -218,7 +224,7 @@ class SlurmBackfillSite:
 
     def owner_queue(self) -> OwnerQueue:
         cfg = self._config
-        argv = ["squeue", "--noheader", "--states=PENDING", "--format=%D|%r|%P"]
+        argv = ["squeue", "--noheader", "--states=PENDING", "--format=%i|%D|%r|%P"]
         if cfg.owner_partitions:
             argv.append(f"--partition={','.join(cfg.owner_partitions)}")
         if cfg.owner_qos:
@@ -240,10 +246,23 @@ class SlurmBackfillSite:
             ],
             "reading the backfill jobs' time left",
         )
-        queue = owner_queue_from(pending.stdout, nodes.stdout, pilots_partition=cfg.partition)
+        queue = owner_queue_from(
+            pending.stdout,
+            nodes.stdout,
+            pilots_partition=cfg.partition,
+            young=self._young(pending.stdout),
+        )
         return OwnerQueue(
             queue.pending_nodes, queue.free_nodes + ending_nodes(ending.stdout), queue.new_nodes
         )
+
+    def _young(self, pending: str) -> frozenset[str]:
+        """Pending jobs first seen less than `owner_grace_s` ago (controller's clock)."""
+        now = self._clock()
+        ids = {line.split("|", 1)[0].strip() for line in pending.splitlines() if "|" in line}
+        self._first_seen = {i: self._first_seen.get(i, now) for i in ids}
+        grace = self._config.owner_grace_s
+        return frozenset(i for i, seen in self._first_seen.items() if now - seen < grace)
 
     # --- the pilot ---------------------------------------------------------
 
@@ -368,24 +387,27 @@ def _time_left_s(text: str) -> int | None:
     return seconds + int(days or 0) * 86400
 
 
-def owner_queue_from(pending: str, nodes: str, *, pilots_partition: str) -> OwnerQueue:
-    """The owners' queue from `squeue --format=%D|%r|%P` (pending jobs) and
+def owner_queue_from(
+    pending: str, nodes: str, *, pilots_partition: str, young: Collection[str] = ()
+) -> OwnerQueue:
+    """The owners' queue from `squeue --format=%i|%D|%r|%P` (pending jobs) and
     `sinfo --Node --format=%N|%T` output. Jobs in the pilots' own partition
     are not the owners'; jobs pending for a limit or a hold are not waiting
-    for nodes; jobs not yet looked at by the scheduler are new. A node
-    listed in several partitions counts once."""
+    for nodes; jobs not yet looked at by the scheduler, and those in `young`
+    (within owner_grace_s), are new. A node listed in several partitions
+    counts once."""
     wanted = new = 0
     for line in pending.splitlines():
         fields = line.strip().split("|")
-        if len(fields) != 3:
+        if len(fields) != 4:
             continue
-        count, reason, partition = fields
+        job_id, count, reason, partition = fields
         if pilots_partition in partition.split(",") or not count.isdigit():
             continue
-        if reason in WAITING_REASONS:
-            wanted += int(count)
-        elif reason == NEW_REASON:
+        if reason == NEW_REASON or (reason in WAITING_REASONS and job_id in young):
             new += int(count)
+        elif reason in WAITING_REASONS:
+            wanted += int(count)
     free: set[str] = set()
     for line in nodes.splitlines():
         fields = line.strip().split("|")
