@@ -128,14 +128,13 @@ def _config(tmp: Path, owner: str, site: str) -> Path:
     )
 
 
-def _grid_history() -> list[dict[str, str]]:
-    """The bench's grid jobs that left the queue: NumJobStarts, ExitCode, ExitBySignal."""
+def _grid_history(cluster: str) -> list[dict[str, str]]:
+    """This run's grid jobs that left the queue: NumJobStarts, ExitCode, ExitBySignal."""
     out = lab.in_container(
         lab.CM_HOST,
         lab.CM_CONTAINER,
         "condor_history",
-        "-constraint",
-        f"{MARK} =?= true",
+        cluster,
         "-af",
         "NumJobStarts",
         "ExitCode",
@@ -146,14 +145,14 @@ def _grid_history() -> list[dict[str, str]]:
     return [dict(zip(keys, line.split(), strict=True)) for line in out.splitlines() if line]
 
 
-def _queued(constraint: str) -> int:
+def _queued(cluster: str, constraint: str) -> int:
     out = lab.in_container(
         lab.CM_HOST,
         lab.CM_CONTAINER,
         "condor_q",
         "-allusers",
         "-constraint",
-        f"{MARK} =?= true && ({constraint})",
+        f"ClusterId == {cluster} && ({constraint})",
         "-af",
         "ClusterId",
     ).stdout
@@ -172,7 +171,7 @@ def measure(runs: int) -> dict[str, Any]:
     backfill: list[float] = []
     idle: list[float] = []
     try:
-        _submit(site, GRID_JOB_S, GRID_JOBS, "request_disk = 10MB", f"+{MARK} = true")
+        cluster = _submit(site, GRID_JOB_S, GRID_JOBS, "request_disk = 10MB", f"+{MARK} = true")
         for i in range(runs):
             _wait(
                 "every node backfilled, each pilot running a grid job",
@@ -189,9 +188,9 @@ def measure(runs: int) -> dict[str, Any]:
             lab.CM_CONTAINER,
             "condor_rm",
             "-constraint",
-            f"{MARK} =?= true && JobStatus == 1 && NumJobStarts == 0",
+            f"ClusterId == {cluster} && JobStatus == 1 && NumJobStarts == 0",
         )
-        _wait("every started grid job done", lambda: _queued("true") == 0, timeout=900)
+        _wait("every started grid job done", lambda: _queued(cluster, "true") == 0, timeout=900)
         d.tide("evacuate", "--site", site)
         _wait("every pilot gone", lambda: _pilots_running(site) == 0, timeout=120)
     finally:
@@ -209,7 +208,7 @@ def measure(runs: int) -> dict[str, Any]:
         _owner_done(job_id)
     # Evicted: started more than once, or killed by a signal (an eviction
     # gone wrong); lost: evicted, and not completed with exit code 0.
-    history = _grid_history()
+    history = _grid_history(cluster)
     evicted = [j for j in history if int(j["starts"]) >= 2 or j["by_signal"] == "true"]
     lost = [
         j
