@@ -96,35 +96,21 @@ def _owner_done(job_id: str) -> None:
 
 
 def _config(tmp: Path, owner: str, site: str) -> Path:
-    key = tmp / "slurm.key"
-    key.write_bytes(slurm_lab.SSH_KEY.read_bytes())
-    key.chmod(0o600)
     return lab.controller_config(
         tmp,
         token=_secret(tmp, "controller.token"),
         owner=owner,
-        sites=f"""\
-            {site}:
-              kind: slurm_backfill
-              shape: {{cpus: 1, memory_mb: 500, disk_mb: 1024}}
-              worker_token_file: {_secret(tmp, "worker.token")}
-              partition: {slurm_lab.BACKFILL_PARTITION}
-              owner_partitions: [{slurm_lab.OWNER_PARTITION}]
-              owner_grace_s: {OWNER_GRACE_S}
-              walltime: "02:00:00"
-              condor_config: {{NETWORK_INTERFACE: 127.0.0.1}}
-              login:
-                host: {slurm_lab.LOGIN_HOST}
-                port: {slurm_lab.LOGIN_SSH_PORT}
-                user: {slurm_lab.PILOT_USER}
-                key_file: {key}
-                known_hosts_file: {slurm_lab.KNOWN_HOSTS}
-              limits:
-                max_resources: {NODES}
-                max_booting: {NODES}
-                idle_timeout_s: 60
-                owner_quiet_s: {OWNER_QUIET_S}
-            """,
+        sites=slurm_lab.backfill_site(
+            tmp,
+            site,
+            _secret(tmp, "worker.token"),
+            settings={
+                "owner_partitions": [slurm_lab.OWNER_PARTITION],
+                "owner_grace_s": OWNER_GRACE_S,
+                "walltime": "02:00:00",
+            },
+            limits={"idle_timeout_s": 60, "owner_quiet_s": OWNER_QUIET_S},
+        ),
     )
 
 

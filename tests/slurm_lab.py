@@ -9,7 +9,8 @@ Nothing here is simulated: commands run inside the real cluster's container.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
 
 import yaml
 
@@ -60,6 +61,41 @@ PILOT_SBATCH_OPTIONS: tuple[str, ...] = (
 ENDED = frozenset(
     {"PREEMPTED", "CANCELLED", "COMPLETED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 )
+
+
+def backfill_site(
+    tmp: Path,
+    site: str,
+    worker_token: Path,
+    *,
+    settings: Mapping[str, object],
+    limits: Mapping[str, object],
+) -> str:
+    """The YAML `sites` mapping of one slurm_backfill site on this cluster:
+    pilots of one CPU in the backfill partition, reached over SSH as the
+    pilot account with a 0600 copy of the lab's key in `tmp`, at most one
+    pilot per node; `settings` and `limits` add to (or override) these."""
+    key = tmp / "slurm.key"
+    key.write_bytes(SSH_KEY.read_bytes())
+    key.chmod(0o600)
+    config = {
+        "kind": "slurm_backfill",
+        "shape": {"cpus": 1, "memory_mb": 500, "disk_mb": 1024},
+        "worker_token_file": str(worker_token),
+        "partition": BACKFILL_PARTITION,
+        "condor_config": {"NETWORK_INTERFACE": "127.0.0.1"},
+        "login": {
+            "host": LOGIN_HOST,
+            "port": LOGIN_SSH_PORT,
+            "user": PILOT_USER,
+            "key_file": str(key),
+            "known_hosts_file": str(KNOWN_HOSTS),
+        },
+        **settings,
+        "limits": {"max_resources": len(NODES), "max_booting": len(NODES), **limits},
+    }
+    text: str = yaml.safe_dump({site: config}, sort_keys=False)
+    return text
 
 
 def slurm_up() -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,47 +56,34 @@ def _cancel_all() -> None:
     )
 
 
-def _config(tmp: Path, owner: str, site: str, extra: str = "") -> Path:
-    key = tmp / "slurm.key"
-    key.write_bytes(slurm_lab.SSH_KEY.read_bytes())
-    key.chmod(0o600)
+def _config(tmp: Path, owner: str, site: str, extra: Mapping[str, object]) -> Path:
+    settings = {
+        "attributes": {"TideSiteKind": "slurm"},
+        "owner_partitions": [slurm_lab.OWNER_PARTITION, slurm_lab.NOPREEMPT_PARTITION],
+        "owner_grace_s": OWNER_GRACE_S,
+        "walltime": "01:00:00",
+        "idle_exit_s": 300,
+        **extra,
+    }
     return lab.controller_config(
         tmp,
         token=_secret(tmp, "controller.token"),
         owner=owner,
-        sites=f"""\
-            {site}:
-              kind: slurm_backfill
-              shape: {{cpus: 1, memory_mb: 500, disk_mb: 1024}}
-              attributes: {{TideSiteKind: slurm}}
-              worker_token_file: {_secret(tmp, "worker.token")}
-              partition: {slurm_lab.BACKFILL_PARTITION}
-              owner_partitions: [{slurm_lab.OWNER_PARTITION}, {slurm_lab.NOPREEMPT_PARTITION}]
-              owner_grace_s: {OWNER_GRACE_S}
-              walltime: "01:00:00"
-              idle_exit_s: 300
-              condor_config: {{NETWORK_INTERFACE: 127.0.0.1}}
-              {extra}
-              login:
-                host: {slurm_lab.LOGIN_HOST}
-                port: {slurm_lab.LOGIN_SSH_PORT}
-                user: {slurm_lab.PILOT_USER}
-                key_file: {key}
-                known_hosts_file: {slurm_lab.KNOWN_HOSTS}
-              limits:
-                max_resources: {NODES}
-                max_booting: {NODES}
-                idle_timeout_s: 30
-                owner_quiet_s: 5
-            """,
+        sites=slurm_lab.backfill_site(
+            tmp,
+            site,
+            _secret(tmp, "worker.token"),
+            settings=settings,
+            limits={"idle_timeout_s": 30, "owner_quiet_s": 5},
+        ),
     )
 
 
 @contextmanager
-def _daemon(tmp: Path, extra: str = "") -> Iterator[Daemon]:
+def _daemon(tmp: Path, extra: Mapping[str, object] | None = None) -> Iterator[Daemon]:
     tag = uuid.uuid4().hex[:6]
     owner, site = f"test-{tag}", f"hpc{tag}"
-    d = Daemon(_config(tmp, owner, site, extra), owner, site, tmp / "tide.log")
+    d = Daemon(_config(tmp, owner, site, extra or {}), owner, site, tmp / "tide.log")
     d.start()
     try:
         yield d
@@ -278,8 +265,7 @@ def test_a_pilot_runs_jobs_inside_cvmfsexec_and_leaves_when_idle(tmp_path: Path)
         ["docker", "exec", "-i", slurm_lab.CONTAINER, "tar", "-C", CVMFSEXEC_DIR, "-x"],
         input_text=dist.stdout,
     )
-    repos = ", ".join(lab.CVMFS_REPOSITORIES)
-    extra = f"cvmfsexec_dir: {CVMFSEXEC_DIR}\n              cvmfs_repositories: [{repos}]"
+    extra = {"cvmfsexec_dir": CVMFSEXEC_DIR, "cvmfs_repositories": lab.CVMFS_REPOSITORIES}
     with _daemon(tmp_path, extra) as d:
         cluster = _grid_jobs(d.site, 1, seconds=5)  # a pilot comes for it
         _until("the grid job done on a pilot", lambda: _done(cluster) == 1)
