@@ -67,7 +67,7 @@ from tide.model import (
     Undrain,
 )
 from tide.policy import decide
-from tide.sites.base import BackfillSite, SiteAdapter
+from tide.sites.base import BackfillSite, Owned, SiteAdapter
 from tide.startds import Startds
 from tide.store import Store, StoreError
 
@@ -226,6 +226,9 @@ class Controller:
         # When each backfill site's owners were last seen waiting (in memory:
         # after a restart their queue is read again before any boot).
         self._owners_waiting_at: dict[str, float] = {}
+        self._backfill = frozenset(
+            name for name, (_s, adapter) in self._sites.items() if isinstance(adapter, BackfillSite)
+        )
 
     @property
     def reconcile_pending(self) -> bool:
@@ -237,13 +240,15 @@ class Controller:
 
     # --- reconcile ------------------------------------------------------
 
-    def reconcile(self, only: Collection[str] | None = None) -> None:
+    def reconcile(self, only: Collection[str] | None = None) -> dict[str, list[Owned]]:
         """Align the store with what each site (or each of `only`) lists:
         recorded resources the site no longer lists are GONE; resources the
         site lists that the store does not hold alive (orphans, e.g. from a
         crash before the store write of an older Tide) are destroyed. A site
-        whose listing fails is skipped and stays pending for the next call."""
+        whose listing fails is skipped and stays pending for the next call.
+        Returns the listings it made, by site."""
         now = self._clock()
+        listings: dict[str, list[Owned]] = {}
         for name, (_site, adapter) in sorted(self._sites.items()):
             if only is not None and name not in only:
                 continue
@@ -260,6 +265,7 @@ class Controller:
                 self._count_failure(name, "list")
                 self._unreconciled.add(name)
                 continue
+            listings[name] = owned
             listed = {o.resource_id: o for o in owned}
             for r in self._store.alive(name):
                 young = r.state in _BOOTS and now - r.state_since < self._listing_grace_s
@@ -284,13 +290,17 @@ class Controller:
                 except Exception as exc:
                     self._failed(name, "destroy", "orphan destroy failed", rid, exc)
             self._unreconciled.discard(name)
+        return listings
 
     # --- one cycle ------------------------------------------------------
 
-    def observe(self, now: float, *, write: bool = True) -> Observation:
+    def observe(
+        self, now: float, *, write: bool = True, listed: Mapping[str, list[Owned]] | None = None
+    ) -> Observation:
         """Read demand, slots and the store into a Snapshot. With `write`,
         BOOTING resources whose slot is advertised move to RUNNING in the store;
-        without (`tide plan`), only the snapshot shows them RUNNING."""
+        without (`tide plan`), only the snapshot shows them RUNNING. `listed`:
+        site listings made this cycle already (reconcile's), not asked again."""
         try:
             demand, complete = self._demand()
         except Exception as exc:
@@ -313,7 +323,7 @@ class Controller:
         stale: list[Resource] = []
         seen: set[str] = set()
         stored_alive = self._store.alive()
-        failed, queued = self._failed_boots(stored_alive)
+        failed, queued = self._failed_boots(stored_alive, listed or {})
         for stored in stored_alive:
             seen.add(stored.id)
             if stored.state in (State.STOPPING, State.FAILED):
@@ -331,20 +341,21 @@ class Controller:
             demand=tuple(demand),
             resources=tuple(resources),
             health={name: self.health(name) for name in self._sites},
-            owners=self._owners(now, write),
+            owners=self._owners(now, write, stored_alive),
         )
         return Observation(snapshot, complete, slots_known, tuple(stale))
 
-    def _owners(self, now: float, write: bool) -> dict[str, Owners]:
+    def _owners(self, now: float, write: bool, stored_alive: list[Resource]) -> dict[str, Owners]:
         """The owners of every backfill site: their queue (unknown if it cannot
         be read), when they last waited, and an operator's request."""
         owners: dict[str, Owners] = {}
-        for name, (_site, adapter) in sorted(self._sites.items()):
-            if not isinstance(adapter, BackfillSite):
-                continue
+        for name in sorted(self._backfill):
+            adapter = self._sites[name][1]
+            assert isinstance(adapter, BackfillSite)
             request = self._store.site_detail(name)
             paused = request.get(PAUSED) is True
-            evacuate = _evacuate_nodes(request.get(EVACUATE), len(self._store.alive(name)))
+            alive = sum(1 for r in stored_alive if r.site == name)
+            evacuate = _evacuate_nodes(request.get(EVACUATE), alive)
             try:
                 queue = adapter.owner_queue()
             except Exception as exc:
@@ -370,12 +381,15 @@ class Controller:
             )
         return owners
 
-    def _failed_boots(self, stored: list[Resource]) -> tuple[set[str], set[str]]:
+    def _failed_boots(
+        self, stored: list[Resource], listed: Mapping[str, list[Owned]]
+    ) -> tuple[set[str], set[str]]:
         """Boots their site already reports failed (a server in ERROR), and
         boots still queued at their site (holding no machine): asked only of
-        sites with boots in flight, so a failed boot is destroyed and backed
-        off now, not at its boot timeout. A failed listing is ignored (the boot
-        timeout still applies)."""
+        sites with boots in flight (unless `listed` holds this cycle's
+        listing), so a failed boot is destroyed and backed off now, not at its
+        boot timeout. A failed listing is ignored (the boot timeout still
+        applies)."""
         booting = {r.site for r in stored if r.state in _BOOTS}
         failed: set[str] = set()
         queued: set[str] = set()
@@ -383,11 +397,13 @@ class Controller:
             entry = self._sites.get(name)
             if entry is None:
                 continue
-            try:
-                owned = entry[1].list_owned()
-            except Exception as exc:
-                event(log, "boot check skipped: list failed", site=name, error=str(exc))
-                continue
+            owned = listed.get(name)
+            if owned is None:
+                try:
+                    owned = entry[1].list_owned()
+                except Exception as exc:
+                    event(log, "boot check skipped: list failed", site=name, error=str(exc))
+                    continue
             failed |= {o.resource_id for o in owned if o.failed}
             queued |= {o.resource_id for o in owned if not o.placed}
         return failed, queued
@@ -513,11 +529,9 @@ class Controller:
         # Backfill sites are listed every cycle: their owners take nodes back
         # by themselves (Slurm preemption), and a pilot gone that way must
         # not hold its place in the quota until the next full reconcile.
-        backfill = {n for n, (_s, a) in self._sites.items() if isinstance(a, BackfillSite)}
-        if backfill:
-            self.reconcile(only=backfill)
+        listed = self.reconcile(only=self._backfill) if self._backfill else {}
         now = self._clock()
-        obs = self.observe(now)
+        obs = self.observe(now, listed=listed)
         plan = self.safe(obs, decide(obs.snapshot))
         for r in obs.stale:  # destroys that failed before, and failed creates
             if now >= self._destroy_retry.get(r.id, (0, 0.0))[1]:

@@ -47,6 +47,7 @@ class FakeSite:
         self.fail_destroy: Exception | None = None
         self.fail_list: Exception | None = None
         self.on_create: list[str] = []  # resource ids seen in the store when create ran
+        self.listings = 0  # list_owned calls
         self.store: Store | None = None
 
     def create(self, resource_id: str) -> Mapping[str, str]:
@@ -60,6 +61,7 @@ class FakeSite:
         return details
 
     def list_owned(self) -> list[Owned]:
+        self.listings += 1
         if self.fail_list is not None:
             raise self.fail_list
         return list(self.owned.values())
@@ -749,3 +751,14 @@ def test_a_backfill_site_is_listed_every_cycle(store: Store) -> None:
     w.controller.cycle()
     assert w.states()[rid] is State.GONE
     assert len(site.created) == 2
+
+
+def test_a_backfill_site_is_listed_once_per_cycle_with_boots_in_flight(store: Store) -> None:
+    w = World(store, backfill=True)
+    w.want(1)
+    w.controller.cycle()  # a boot in flight now
+    site = w.sites["a"]
+    before = site.listings
+    w.clock.now += 1
+    w.controller.cycle()
+    assert site.listings == before + 1  # reconcile's listing serves the boot check too
