@@ -443,6 +443,31 @@ class SlurmBackfillSiteConfig(_SiteBase):
         "TideCvmfsRepositories. Required with cvmfsexec_dir.",
     )
 
+    pilot_runtime: Literal["native", "docker"] = Field(
+        default="native",
+        description="How a pilot starts its startd. native (the default): the nodes' own "
+        "HTCondor install, as the submitting user. docker: the tide/condor image "
+        "(pilot_image) on the node's Docker engine, for sites that let their users run "
+        "containers (the docker CLI and its socket on the nodes); the node needs no HTCondor.",
+    )
+    pilot_image: str = Field(
+        default="tide/condor:0.1.0",
+        min_length=1,
+        description="The worker image docker pilots run; it must already be on the nodes' "
+        "engine (docker load, as air-gapped sites do). The one this release of Tide builds.",
+    )
+
+    @model_validator(mode="after")
+    def _docker_pilot_without_cvmfsexec(self) -> Self:
+        if self.pilot_runtime == "docker" and self.cvmfsexec_dir is not None:
+            raise PydanticCustomError(
+                "cvmfsexec_dir",
+                "cvmfsexec_dir works with pilot_runtime: native only: docker pilots take CVMFS "
+                "from the node (/cvmfs); unset cvmfsexec_dir or use pilot_runtime: native",
+                {},
+            )
+        return self
+
     @model_validator(mode="after")
     def _cvmfs_pair(self) -> Self:
         if self.cvmfsexec_dir is not None and not self.cvmfs_repositories:

@@ -13,6 +13,9 @@ Slurm jobs - into the lab pool for grid jobs that only the site can run.
 - A controller killed in the middle of an evacuation and started again
   leaves no orphan pilot: the store and the cluster agree; the evicted
   grid jobs complete once the site is resumed.
+- Docker pilots (pilot_runtime: docker) run the tide/condor image on the
+  engine whose socket the cluster's nodes have; an evacuated or killed
+  pilot leaves no container behind.
 """
 
 from __future__ import annotations
@@ -277,3 +280,41 @@ def test_a_pilot_runs_jobs_inside_cvmfsexec_and_leaves_when_idle(tmp_path: Path)
         # then given back; the Slurm job ends.
         _until("the idle pilot drained and gone", lambda: _pilots(d.site) == {}, timeout=180)
         assert "startd draining" in d.log.read_text()
+
+
+def _pilot_containers() -> dict[str, str]:
+    """Docker pilots' containers on this machine's engine: pilot -> Slurm job id."""
+    out = lab.run(
+        [
+            "docker", "ps", "--filter", "label=tide.pilot", "--format",
+            '{{.Label "tide.pilot"}} {{.Label "tide.slurm-job"}}',
+        ]
+    ).stdout  # fmt: skip
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def test_docker_pilots_run_tide_condor_and_leave_nothing_behind(tmp_path: Path) -> None:
+    # The cluster's nodes may run containers (the lab engine's socket is
+    # mounted in): each pilot runs the tide/condor image, token on stdin.
+    with _daemon(tmp_path, {"pilot_runtime": "docker"}) as d:
+        cluster = _grid_jobs(d.site, 2, seconds=600)
+        _until("both grid jobs running", lambda: [s for s, _ in _jobs(cluster)] == [2, 2])
+        pilots = _pilots(d.site)
+        assert sorted(pilots.values()) == ["RUNNING"] * 2
+        assert sorted(_pilot_containers()) == sorted(pilots)
+        (evacuated, killed) = sorted(pilots)
+        for pilot in pilots:  # each grid job's process runs inside its pilot's container
+            top = lab.run(["docker", "top", f"tide-pilot-{pilot}", "-o", "pid,args"]).stdout
+            assert "condor_starter" in top, top
+        # An evacuation vacates the job back to idle and the container is gone.
+        d.tide("evacuate", "--site", d.site, "--nodes", "1", "--wait-s", "0")
+        _until("one pilot given back", lambda: len(_pilots(d.site)) == 1, timeout=60)
+        _until("its container gone", lambda: evacuated not in _pilot_containers(), timeout=30)
+        _until_jobs(cluster, [(1, 1), (2, 0)], "the evacuated job back to idle", 60)
+        # A pilot killed outright (SIGKILL to its batch shell) takes its
+        # container with it: the lifeline ends.
+        job_id = _pilot_containers()[killed]
+        slurm_lab.slurm("scancel", "--batch", "--signal=KILL", job_id)
+        _until("the killed pilot's container gone", lambda: _pilot_containers() == {}, 60)
+        _until_jobs(cluster, [(1, 1), (1, 1)], "both jobs back to idle", 120)
+        d.tide("resume", "--site", d.site)

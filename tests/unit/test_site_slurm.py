@@ -5,6 +5,7 @@ cluster (tests/integration/test_site_slurm.py)."""
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
@@ -208,6 +209,49 @@ def test_cvmfsexec_without_repositories_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert any("cvmfs_repositories is empty" in e for e in caught.value.errors)
+
+
+DOCKER = "    partition: backfill\n    pilot_runtime: docker\n    pilot_image: site/condor:1\n"
+
+
+def test_a_docker_pilot_runs_the_image_with_its_contract_and_no_secret(tmp_path: Path) -> None:
+    site = _site(tmp_path)
+    site._config = _config(tmp_path, CONFIG.replace("    partition: backfill\n", DOCKER))
+    script = site.script("tide-maxwell-0000abcd")
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    assert "SECRET-TOKEN-TEXT" not in script
+    assert "condor_master" not in script.split("inner=", 1)[0]  # no native HTCondor needed
+    assert "image=site/condor:1\n" in script
+    env = dict(
+        shlex.split(line)[1].split("=", 1)
+        for line in script.splitlines()
+        if line.startswith("    -e ") and "$" not in line
+    )
+    assert env["TIDE_RESOURCE_ID"] == "tide-maxwell-0000abcd"
+    assert env["TIDE_COLLECTOR"] == "127.0.0.1:29618"
+    assert env["TIDE_POOL_DOMAIN"] == "lab.tide"
+    assert (env["TIDE_CPUS"], env["TIDE_MEMORY_MB"], env["TIDE_DISK_MB"]) == ("2", "1000", "5000")
+    assert env["TIDE_ATTR_HasCvmfs"] == "true"
+    assert env["_CONDOR_USE_SHARED_PORT"] == "False"
+    assert env["_CONDOR_STARTD_NOCLAIM_SHUTDOWN"] == "600"
+    assert env["_CONDOR_NETWORK_INTERFACE"] == "127.0.0.1"
+    # The token reaches the container on its stdin, the lifeline after it.
+    assert 'cat "$token" >&3' in script
+    mounts = [line for line in script.splitlines() if line.strip().startswith("-v")]
+    assert not [line for line in mounts if "token" in line], mounts
+
+
+def test_docker_pilots_with_cvmfsexec_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tide.yml"
+    path.write_text(
+        CONFIG.replace(
+            "    partition: backfill\n",
+            DOCKER + "    cvmfsexec_dir: /x\n    cvmfs_repositories: [sft.cern.ch]\n",
+        )
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any("pilot_runtime: native" in e for e in caught.value.errors), caught.value.errors
 
 
 def _settings(script: str) -> Mapping[str, str]:

@@ -7,9 +7,13 @@ the controller runs on a host of the cluster, or over SSH to a login node -
 the same code path either way. A command's arguments are argv, never a
 shell line built from configuration.
 
-The pilot (templates/slurm-pilot.sh.j2, submitted on sbatch's stdin) runs a
-native HTCondor startd in the job, one partitionable slot of the site's
-shape, advertising TideResourceId, and joins the pool with the worker token.
+The pilot (templates/slurm-pilot.sh.j2, submitted on sbatch's stdin) runs
+an HTCondor startd in the job, one partitionable slot of the site's shape,
+advertising TideResourceId, and joins the pool with the worker token: the
+nodes' native HTCondor as the submitting user (`pilot_runtime: native`), or
+the tide/condor image on the node's Docker engine (`docker`), which gets
+the token on its stdin and shuts down fast when that stdin ends - when the
+pilot is told to go, or dies with its job.
 The token is staged once on the cluster (`work_dir`, 0600 in a 0700
 folder) over the executor's stdin, never on a command line; the script
 itself holds no secret.
@@ -63,6 +67,7 @@ from tide.sites.base import (
     SiteError,
     classad_literal,
     worker_attributes,
+    worker_environment,
     worker_site_name,
 )
 
@@ -285,7 +290,33 @@ class SlurmBackfillSite:
             condor_config=self._config.condor_config,
             cvmfsexec_dir=self._config.cvmfsexec_dir,
             cvmfs_repositories=self._config.cvmfs_repositories,
+            runtime=self._config.pilot_runtime,
+            image=self._config.pilot_image,
+            environment=self._container_environment(resource_id),
         )
+
+    def _container_environment(self, resource_id: str) -> dict[str, str]:
+        """A docker pilot's container environment: the tide/condor image's
+        contract (as the docker site's workers), plus the pilot's own
+        settings as HTCondor `_CONDOR_` overrides. No shared port: every
+        pilot on a node (or on one engine) picks its own ports, and CCB
+        reaches them through the collector."""
+        env = worker_environment(
+            pool=self._pool,
+            resource_id=resource_id,
+            site_name=self._site_name,
+            shape=self._shape,
+            attributes=self._attributes,
+        )
+        env["_CONDOR_USE_SHARED_PORT"] = "False"
+        # As in the native pilot: without a shared port, the collector
+        # rejects the session the master and the startd would share.
+        env["_CONDOR_SEC_USE_FAMILY_SESSION"] = "False"
+        env["_CONDOR_STARTD_NOCLAIM_SHUTDOWN"] = str(self._config.idle_exit_s)
+        env["_CONDOR_MAXJOBRETIREMENTTIME"] = str(self._config.max_job_retirement_s)
+        for name, value in self._config.condor_config.items():
+            env[f"_CONDOR_{name}"] = value
+        return env
 
     def _staged(self) -> str:
         """The cluster-side work folder, with the worker token in it: made
