@@ -111,13 +111,26 @@ def test_worker_with_wrong_token_never_joins_and_logs_why() -> None:
         "tide/condor:0.1.0",
     )  # fmt: skip
     try:
+        text = ""
 
         def refused_in_log() -> bool:
+            nonlocal text
             logs = lab.on_host(lab.WORKER_HOST, "docker", "logs", BAD_WORKER)
             text = logs.stdout + logs.stderr
-            return "Failed to authenticate using IDTOKENS" in text and "UPDATE_STARTD_AD" in text
+            # The master's or the startd's update refused, for authentication.
+            refused = "Failed to authenticate" in text or "DENIED" in text
+            return refused and ("UPDATE_STARTD_AD" in text or "UPDATE_MASTER_AD" in text)
 
-        lab.wait_for("the forged-token worker to log its refusal", refused_in_log, timeout=120)
+        try:
+            lab.wait_for("the forged-token worker to log its refusal", refused_in_log, timeout=120)
+        except AssertionError as exc:
+            state = lab.on_host(
+                lab.WORKER_HOST, "docker", "inspect", "-f", "{{.State.Status}}", BAD_WORKER,
+                check=False,
+            )  # fmt: skip
+            raise AssertionError(
+                f"{exc}; container {state.stdout.strip()}, its log ends:\n{text[-3000:]}"
+            ) from None
         # The good worker registered in seconds; give the bad one as long again.
         time.sleep(20)
         htcondor2 = client()
