@@ -37,13 +37,18 @@ def configure_htcondor(collector: str, token_file: Path) -> Path:
     """Point htcondor2 at a private configuration (a 0700 temporary folder)
     that authenticates with exactly the pool token (copied 0600) by IDTOKENS.
     Returns the folder; the caller removes it when done."""
+    return configure_htcondor_token(collector, token_file.read_text(encoding="utf-8"))
+
+
+def configure_htcondor_token(collector: str, token: str) -> Path:
+    """configure_htcondor with the token's text."""
     folder = Path(tempfile.mkdtemp(prefix="tide-condor-"))  # mkdtemp makes it 0700
     tokens = folder / "tokens.d"
     tokens.mkdir(mode=0o700)
     copy = tokens / "pool.token"
     fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(token_file.read_text(encoding="utf-8"))
+        out.write(token)
     config = folder / "condor_config"
     config.write_text(
         f"COLLECTOR_HOST = {collector}\n"

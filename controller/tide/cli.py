@@ -1,5 +1,6 @@
 """The `tide` command line: run the daemon, check its configuration, preview a
-plan, show or drain resources, evacuate a backfill site and resume it.
+plan, show or drain resources, evacuate a backfill site and resume it; and
+`tide onboard` (tide.onboard.cli), which joins a provider host to a pool.
 
 Exit codes: 0 done, 1 the command failed (e.g. an unknown resource), 2 a
 usage or configuration error.
@@ -25,6 +26,7 @@ from tide.config import (
 )
 from tide.loop import EVACUATE, HELD, PAUSED
 from tide.model import ALIVE, Create, Demand, Plan, State
+from tide.onboard import cli as onboard_cli
 from tide.store import Store, StoreError
 
 
@@ -81,10 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume = command("resume", "let an evacuated backfill site boot again")
     resume.add_argument("--site", required=True)
+    onboard_cli.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["onboard"]:
+        return onboard_cli.main(build_parser(), argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -36,7 +36,7 @@ VARIABLES: dict[str, Any] = {
     "condor_worker_depends_on": ["tide-squid"],
     "cvmfs_repositories": ["sft.cern.ch", "cms.cern.ch"],
     "cvmfs_http_proxy": "http://127.0.0.1:3128",
-    "cvmfs_config": {"CVMFS_DEBUGLOG": "/tmp/cvmfs.log"},
+    "cvmfs_config": {"CVMFS_DEBUGLOG": "/var/log/cvmfs.log"},
     "squid_allowed_clients": ["127.0.0.0/8", "10.1.0.0/16"],
 }
 
@@ -107,5 +107,5 @@ def test_a_variable_no_one_set_is_named() -> None:
 
 
 def test_a_template_that_is_not_there_is_named() -> None:
-    with pytest.raises(RecipeError, match="role squid has no template nope.j2"):
+    with pytest.raises(RecipeError, match=r"role squid has no template nope\.j2"):
         render("squid", "nope.j2", {})

@@ -49,6 +49,17 @@ def role_defaults(role: str) -> Mapping[str, Any]:
     return loaded
 
 
+@cache
+def role_vars(role: str, name: str) -> Mapping[str, Any]:
+    """A role's vars/`name`.yml (e.g. per OS family); empty when absent."""
+    path = roles_root().joinpath(role, "vars", f"{name}.yml")
+    try:
+        loaded = yaml.safe_load(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def _comment(text: str) -> str:
     """Ansible's `comment` filter, plain style."""
     return "#\n" + "\n".join(f"# {line}" if line else "#" for line in text.splitlines()) + "\n#"
@@ -114,4 +125,12 @@ def render(role: str, template: str, variables: Mapping[str, Any]) -> str:
         raise RecipeError(f"role {role}, template {template}: {exc.message}") from None
 
 
-__all__ = ["MANAGED", "RecipeError", "render", "resolve", "role_defaults", "roles_root"]
+__all__ = [
+    "MANAGED",
+    "RecipeError",
+    "render",
+    "resolve",
+    "role_defaults",
+    "role_vars",
+    "roles_root",
+]

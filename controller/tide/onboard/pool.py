@@ -1,0 +1,135 @@
+"""Onboarding's conversation with the pool, with the worker token only:
+is the collector reachable, does the pool accept the token (it may read
+and advertise a startd - what the worker will do), is the slot there,
+has it gone. htcondor2 is configured for exactly that token
+(tide.assemble.configure_htcondor_token) before it is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tide.assemble import configure_htcondor_token, remove_htcondor_config
+from tide.onboard.settings import Settings
+
+
+class PoolError(RuntimeError):
+    """The pool cannot be reached, or refuses the token."""
+
+
+def reachable(host: str, port: int, timeout_s: float = 5.0) -> str | None:
+    """None when a TCP connection to host:port opens, else why not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return str(exc.strerror or exc)
+
+
+@contextmanager
+def pool_client(s: Settings) -> Iterator[Any]:
+    """htcondor2, speaking to the pool's collector with the worker token."""
+    folder = configure_htcondor_token(s.collector, s.token)
+    try:
+        import htcondor2  # noqa: PLC0415  (after its configuration)
+
+        yield htcondor2
+    finally:
+        remove_htcondor_config(folder)
+
+
+def check_token(s: Settings) -> None:
+    """Raise PoolError unless the collector answers and accepts the token
+    for what a worker does: reading, and advertising a startd (a probe ad
+    that matches no job, withdrawn at once)."""
+    why = reachable(s.collector_host, s.collector_port)
+    if why is not None:
+        raise PoolError(
+            f"the pool's collector {s.collector} cannot be reached ({why}): check the "
+            "address and that this host may connect to that port (firewall)"
+        )
+    with pool_client(s) as htcondor2:
+        collector = htcondor2.Collector(s.collector)
+        try:
+            collector.query(htcondor2.AdTypes.Collector, projection=["Name"])
+        except htcondor2.HTCondorException as exc:
+            raise PoolError(
+                f"the pool {s.pool_domain} refused the token ({_first_line(exc)}): it is not "
+                "a token of this pool, or it was revoked; ask the pool's operators for a "
+                "worker token"
+            ) from None
+        import classad2  # noqa: PLC0415
+
+        name = f"tide-onboard-probe-{uuid.uuid4().hex[:8]}@{s.node_name}"
+        probe = classad2.ClassAd(
+            {
+                "MyType": "Machine",
+                "Name": name,
+                "Machine": s.node_name,
+                "MyAddress": "<127.0.0.1:1>",
+                "Requirements": False,
+                "START": False,
+            }
+        )
+        try:
+            collector.advertise([probe], "UPDATE_STARTD_AD")
+        except htcondor2.HTCondorException as exc:
+            raise PoolError(
+                f"the pool {s.pool_domain} accepts the token but not a worker's ads with it "
+                f"({_first_line(exc)}): ask the pool's operators for a worker token"
+            ) from None
+        gone = classad2.ClassAd({"MyType": "Query", "TargetType": "Machine"})
+        gone["Requirements"] = classad2.ExprTree(f'Name == "{name}"')
+        # Should this fail, the probe expires by itself; it matches no job meanwhile.
+        with contextlib.suppress(htcondor2.HTCondorException):
+            collector.advertise([gone], "INVALIDATE_STARTD_ADS")
+
+
+def slots(s: Settings) -> list[str]:
+    """Names of the startd ads of this host's worker (TideResourceId)."""
+    with pool_client(s) as htcondor2:
+        ads = htcondor2.Collector(s.collector).query(
+            htcondor2.AdTypes.Startd,
+            constraint=f'TideResourceId == "{s.node_name}"',
+            projection=["Name"],
+        )
+        return sorted(str(ad["Name"]) for ad in ads)
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    timeout_s: float,
+    progress: Callable[[str], None],
+    interval_s: float = 1.0,
+) -> bool:
+    """Poll `check` until it holds (True) or timeout_s passes (False),
+    telling `progress` every ten seconds."""
+    start = time.monotonic()
+    told = start
+    while True:
+        try:
+            if check():
+                return True
+        except Exception as exc:  # the pool may be briefly away
+            progress(f"still waiting for {what}: {_first_line(exc)}")
+        now = time.monotonic()
+        if now - start >= timeout_s:
+            return False
+        if now - told >= 10:
+            progress(f"waiting for {what} ({now - start:.0f} s of {timeout_s:.0f} s)")
+            told = now
+        time.sleep(interval_s)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+__all__ = ["PoolError", "check_token", "reachable", "slots", "wait_for"]

@@ -1,0 +1,86 @@
+"""`tide onboard` on a fresh lab host (systemd, no Docker yet) against the
+lab's central manager, through the bootstrap script as an admin runs it:
+
+- a wrong token, an unreachable pool, a failed prerequisite: a clear
+  message, and the host as clean as before;
+- onboard: the slot registers and a job runs on it; a second run changes
+  nothing; --export writes the same recipe as a compose bundle;
+- uninstall: a clean host, and the slot gone from the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests import lab, onboard_lab
+from tests.pool import client
+
+HOST = onboard_lab.HOST
+
+
+@pytest.fixture(scope="module")
+def wheel() -> Iterator[str]:
+    onboard_lab.fresh_host()
+    token = (lab.STATE / "secrets" / "worker.token").read_text().strip()
+    path = onboard_lab.stage_kit(token)
+    head, payload, signature = token.split(".")
+    onboard_lab.set_token(
+        ".".join([head, payload, ("A" if signature[0] != "A" else "B") + signature[1:]]),
+        "forged.token",
+    )
+    yield path
+    onboard_lab.onboard(path, "--uninstall")
+    onboard_lab.remove_host()
+
+
+def _slots() -> list[str]:
+    htcondor2 = client()
+    ads = htcondor2.Collector(lab.COLLECTOR).query(
+        htcondor2.AdTypes.Startd, constraint=f'TideResourceId == "{HOST}"', projection=["Name"]
+    )
+    return [str(ad["Name"]) for ad in ads]
+
+
+def test_a_wrong_token_stops_before_anything_changes(wheel: str) -> None:
+    done = onboard_lab.onboard(wheel, kit_file="forged.token")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "refused the token" in done.stdout, done.stdout + done.stderr
+    assert "nothing was changed" in done.stdout
+    assert onboard_lab.host_is_clean() == []
+
+
+def test_an_unreachable_pool_and_a_failed_check_stop_before_anything_changes(wheel: str) -> None:
+    done = onboard_lab.onboard(wheel, "--collector", "127.0.0.1:1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot be reached" in done.stdout, done.stdout
+    done = onboard_lab.onboard(wheel, "--disk-per-core-gb", "100000")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "disk:" in done.stdout, done.stdout
+    assert "Fix:" in done.stdout, done.stdout
+    assert onboard_lab.host_is_clean() == []
+
+
+def test_onboard_joins_the_pool_runs_a_job_and_a_second_run_changes_nothing(wheel: str) -> None:
+    done = onboard_lab.onboard(wheel)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"TideResourceId {HOST}" in done.stdout
+    assert _slots(), "the slot is not in the pool"
+    job = lab.run_job("echo onboarded on $(hostname)", on=HOST)
+    assert job.exit_code == "0", job
+    again = onboard_lab.onboard(wheel)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "0 change(s) - nothing to do" in again.stdout, again.stdout + again.stderr
+    # The token never reaches the output.
+    token = (lab.STATE / "secrets" / "worker.token").read_text().strip()
+    assert token not in done.stdout + done.stderr + again.stdout + again.stderr
+
+
+def test_uninstall_leaves_a_clean_host_and_the_slot_leaves(wheel: str) -> None:
+    done = onboard_lab.onboard(wheel, "--uninstall")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert onboard_lab.host_is_clean() == []
+    assert _slots() == []
+    containers = lab.on_host(HOST, "sh", "-c", "ls /var/lib/docker/containers 2>/dev/null")
+    assert containers.stdout.strip() == ""
