@@ -1,7 +1,7 @@
 """A fresh lab host for `tide onboard` (tests/bin/lab-hosts fresh): a
 systemd server that no role has touched, on this machine's network, and
 the kit an admin would bring to it - the bootstrap script `tide-onboard`,
-Tide's wheel with every dependency (the lab's wheelhouse: offline), the
+Tide (its source) with every dependency (the lab's wheelhouse: offline), the
 image archives, the worker token (0600) and the lab's daemon.json."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -33,9 +32,10 @@ def remove_host() -> None:
     lab.run([LAB_HOSTS, "rm", HOST], check=False)
 
 
-def tide_wheel(into: Path) -> Path:
-    """Tide's wheel, built offline from a copy of this checkout's source."""
-    src = into / "src"
+def tide_source(into: Path) -> Path:
+    """Tide's source (the project and the roles its package links to): pip
+    builds it on the host, offline, with setuptools from the wheelhouse."""
+    src = into / "tide"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(lab.TOP / name, src / name)
@@ -46,14 +46,7 @@ def tide_wheel(into: Path) -> Path:
             symlinks=True,
             ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
         )
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
-         "--no-build-isolation", "-w", str(into), str(src)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    shutil.rmtree(src)
-    (wheel,) = into.glob("tide-*.whl")
-    return wheel
+    return src
 
 
 def daemon_json() -> str:
@@ -63,11 +56,11 @@ def daemon_json() -> str:
 
 
 def stage_kit(token: str) -> str:
-    """Copy the kit into the host; returns the wheel's path there."""
+    """Copy the kit into the host; returns the path there of Tide's source."""
     with tempfile.TemporaryDirectory() as tmp:
         kit = Path(tmp) / "kit"
         kit.mkdir()
-        wheel = tide_wheel(kit)
+        source = tide_source(kit)
         shutil.copytree(lab.STATE / "wheelhouse", kit / "wheels")
         shutil.copy(lab.TOP / "controller/tide/onboard/tide-onboard", kit / "tide-onboard")
         (kit / "images").mkdir()
@@ -77,7 +70,7 @@ def stage_kit(token: str) -> str:
         archive = lab.STATE / "images" / f"{name}.tar"
         lab.run(["docker", "cp", str(archive), f"{HOST}:{KIT}/images/{name}.tar"], timeout=300)
     set_token(token)
-    return f"{KIT}/{wheel.name}"
+    return f"{KIT}/{source.name}"
 
 
 def set_token(token: str, name: str = "worker.token") -> None:
@@ -100,7 +93,7 @@ def onboard(
     if "--uninstall" not in args:
         argv += [
             "--collector", lab.COLLECTOR, "--site", SITE, "--token-file", f"{KIT}/{kit_file}",
-            "--port", str(PORT), "--images", f"{KIT}/images",
+            "--port", str(PORT), "--bind-address", "127.0.0.1", "--images", f"{KIT}/images",
             "--docker-daemon-json", f"{KIT}/daemon.json",
         ]  # fmt: skip
     return lab.run([*argv, *args], check=False, timeout=900)

@@ -82,5 +82,9 @@ def test_uninstall_leaves_a_clean_host_and_the_slot_leaves(wheel: str) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert onboard_lab.host_is_clean() == []
     assert _slots() == []
-    containers = lab.on_host(HOST, "sh", "-c", "ls /var/lib/docker/containers 2>/dev/null")
+    # The bootstrap's venv and the python3-venv it installed are gone too.
+    probe = "ls /opt/tide; dpkg -l python3-venv | grep ^ii"
+    left = lab.on_host(HOST, "sh", "-c", probe, check=False)
+    assert left.stdout.strip() == "", left.stdout
+    containers = lab.on_host(HOST, "sh", "-c", "ls /var/lib/docker/containers 2>/dev/null || true")
     assert containers.stdout.strip() == ""

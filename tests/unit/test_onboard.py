@@ -59,6 +59,7 @@ def test_good_settings_have_no_problem_and_the_pool_is_the_tokens_issuer() -> No
         ({"cvmfs_repositories": ("x",), "squid": True}, "'x' is not a repository name"),
         ({"cvmfs_proxy": "squid:3128"}, "not in CVMFS_HTTP_PROXY syntax"),
         ({"port": 70000}, "--port 70000"),
+        ({"bind_address": "300.1.1.1"}, "--bind-address '300.1.1.1'"),
     ],
 )
 def test_bad_settings_are_named_with_their_fix(change: dict[str, object], expected: str) -> None:

@@ -103,6 +103,7 @@ def plan(s: Settings) -> list[Project]:
         "condor_worker_memory_mb": s.memory_mb,
         "condor_worker_cvmfs": cvmfs,
         "condor_worker_port": s.port,
+        "condor_worker_bind_address": s.bind_address,
     }
     project = _project(
         "condor_worker",

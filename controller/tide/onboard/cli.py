@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     host.add_argument("--memory-mb", type=int, help="memory to lend; default: all")
     host.add_argument("--port", type=int, default=9618, help="the worker's local port (9618)")
     host.add_argument(
+        "--bind-address", default="", help="IPv4 address the worker binds; default: every one"
+    )
+    host.add_argument(
         "--cvmfs-repository",
         action="append",
         default=[],
@@ -127,6 +130,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             cvmfs_image=args.cvmfs_image,
             squid=args.squid,
             port=args.port,
+            bind_address=args.bind_address,
         )
     )
 

@@ -8,8 +8,10 @@ created is recorded in STATE_FILE, for --uninstall and for re-runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -168,6 +170,11 @@ def running(folder: PurePosixPath) -> bool:
     return done.returncode == 0 and bool(done.stdout.strip())
 
 
+def start_name(role: str) -> str:
+    """The name of the operation that starts a role's project."""
+    return f"Start {role}"
+
+
 def start_ops(projects: Sequence[Project], changed: dict[str, bool]) -> list[Op]:
     """`docker compose up` for each project whose files changed (recreated)
     or that is not running; the others are left alone."""
@@ -183,7 +190,7 @@ def start_ops(projects: Sequence[Project], changed: dict[str, bool]) -> list[Op]
             f"docker compose --project-directory {shlex.quote(str(p.folder))} up -d --wait "
             f"--wait-timeout {WAIT_TIMEOUT_S}{recreate}"
         )
-        ops.append((f"Start {p.role}", server.shell, {"commands": [command]}))
+        ops.append((start_name(p.role), server.shell, {"commands": [command]}))
     return ops
 
 
@@ -213,6 +220,36 @@ def image_ops(images: Sequence[str], archives: Path | None) -> list[Op]:
     return ops
 
 
+BOOTSTRAP_RECORD = ".tide-bootstrap"
+"""In a venv the bootstrap script made: the packages it installed, one per line."""
+
+
+def bootstrap_ops(venv: Path) -> list[Op]:
+    """Remove what the bootstrap script installed for this venv (not the
+    venv itself: the running command lives there; see remove_venv)."""
+    from pyinfra.operations import apt  # noqa: PLC0415
+
+    try:
+        packages = (venv / BOOTSTRAP_RECORD).read_text(encoding="utf-8").split()
+    except OSError:
+        return []
+    if not packages:
+        return []
+    return [(f"Remove {' '.join(packages)}", apt.packages, {
+        "packages": packages, "present": False, "purge": True,
+    })]  # fmt: skip
+
+
+def remove_venv(venv: Path) -> bool:
+    """Remove the bootstrap script's venv (and /opt/tide when empty)."""
+    if not (venv / BOOTSTRAP_RECORD).is_file():
+        return False
+    shutil.rmtree(venv, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        venv.parent.rmdir()
+    return True
+
+
 def remove_ops(record: Record) -> list[Op]:
     """Operations that remove everything `record` says onboarding created."""
     from pyinfra.operations import apt, files, server, systemd  # noqa: PLC0415
@@ -239,25 +276,29 @@ def remove_ops(record: Record) -> list[Op]:
         ]}))  # fmt: skip
     if record.packages:
         ops.append((f"Remove {' '.join(record.packages)}", apt.packages, {
-            "packages": record.packages, "present": False,
+            "packages": record.packages, "present": False, "purge": True,
         }))  # fmt: skip
-        ops.append(("Remove /etc/docker/daemon.json", files.file, {
-            "path": "/etc/docker/daemon.json", "present": False,
+        ops.append(("Remove /etc/docker", files.directory, {
+            "path": "/etc/docker", "present": False,
         }))  # fmt: skip
     return ops
 
 
 __all__ = [
+    "BOOTSTRAP_RECORD",
     "STATE_FILE",
     "DeployError",
     "Record",
+    "bootstrap_ops",
     "docker_ops",
     "file_ops",
     "image_ops",
     "missing_images",
     "remove_ops",
+    "remove_venv",
     "run_ops",
     "running",
+    "start_name",
     "start_ops",
     "unit_ops",
 ]

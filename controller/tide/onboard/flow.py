@@ -8,6 +8,7 @@ onboarding that fails later is rolled back.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -90,10 +91,13 @@ def onboard(
     previous = deploy.Record.load()
     record = previous or deploy.Record()
     try:
-        changed = _deploy(_Job(settings, projects, facts, record, say, images, daemon_json))
+        job = _Job(settings, projects, facts, record, say, images, daemon_json)
+        changed = _deploy(job)
+        # A worker (re)started now must be the one seen, not its predecessor's ad.
+        since = job.worker_started
         say(f"waiting for the slot of {settings.node_name} in the pool")
         if not pool.wait_for(
-            "the slot", lambda: bool(pool.slots(settings)), wait_s, say, interval_s=0.5
+            "the slot", lambda: bool(pool.slots(settings, since)), wait_s, say, interval_s=0.5
         ):
             raise deploy.DeployError(
                 f"the slot did not appear in the pool within {wait_s:.0f} s: see "
@@ -123,6 +127,7 @@ class _Job:
     say: Say
     images: Path | None
     daemon_json: Path | None
+    worker_started: float | None = None  # Unix time the worker was (re)started
 
 
 def _deploy(job: _Job) -> dict[str, bool]:
@@ -159,6 +164,8 @@ def _deploy(job: _Job) -> dict[str, bool]:
     changed |= deploy.run_ops(deploy.file_ops(projects), say)
     changed |= deploy.run_ops(deploy.unit_ops(projects), say)
     starts = deploy.start_ops(projects, changed)
+    if any(name == deploy.start_name("condor_worker") for name, _, _ in starts):
+        job.worker_started = time.time() - 1  # DaemonStartTime has whole seconds
     if starts:
         say("starting the services (up to a few minutes while they turn healthy)")
     changed |= deploy.run_ops(starts, say)
@@ -210,7 +217,17 @@ def uninstall(say: Say, *, wait_s: float) -> int:
         if not pool.wait_for("the slot to leave", lambda: not pool.slots(settings), wait_s, say):
             print(f"tide onboard: the slot of {settings.node_name} is still in the pool")
             return 1
-    print("tide onboard: removed; the slot has left the pool")
+    venv = Path(sys.prefix)
+    try:
+        deploy.run_ops(deploy.bootstrap_ops(venv), say)
+    except deploy.DeployError as exc:
+        print(f"tide onboard: {exc}")
+        return 1
+    gone = deploy.remove_venv(venv)  # last: this command runs from it
+    print(
+        "tide onboard: removed; the slot has left the pool"
+        + (f"; {venv} removed too" if gone else "")
+    )
     return 0
 
 

@@ -91,12 +91,16 @@ def check_token(s: Settings) -> None:
             collector.advertise([gone], "INVALIDATE_STARTD_ADS")
 
 
-def slots(s: Settings) -> list[str]:
-    """Names of the startd ads of this host's worker (TideResourceId)."""
+def slots(s: Settings, since: float | None = None) -> list[str]:
+    """Names of the startd ads of this host's worker (TideResourceId); with
+    `since` (a Unix time), only those of a startd started since then."""
+    constraint = f'TideResourceId == "{s.node_name}"'
+    if since is not None:
+        constraint += f" && DaemonStartTime >= {int(since)}"
     with pool_client(s) as htcondor2:
         ads = htcondor2.Collector(s.collector).query(
             htcondor2.AdTypes.Startd,
-            constraint=f'TideResourceId == "{s.node_name}"',
+            constraint=constraint,
             projection=["Name"],
         )
         return sorted(str(ad["Name"]) for ad in ads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class Settings:
     cvmfs_image: str = ""  # "": the cvmfs role's default
     squid: bool = False
     port: int = 9618  # the worker's local shared port (condor_worker_port)
+    bind_address: str = ""  # "": every interface (condor_worker_bind_address)
 
     @property
     def pool_domain(self) -> str:
@@ -55,6 +57,14 @@ class Settings:
     @property
     def proxy(self) -> str:
         return self.cvmfs_proxy or (SQUID_PROXY if self.squid else "")
+
+
+def _ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def token_claims(token: str) -> dict[str, object]:
@@ -107,6 +117,8 @@ def _host_problems(s: Settings) -> list[str]:
         out.append(f"--site {s.site_name!r}: letters, digits, '.', '_' and '-' only")
     if not _NAME.match(s.node_name):
         out.append(f"--name {s.node_name!r}: letters, digits, '.', '_' and '-' only")
+    if s.bind_address and not _ipv4(s.bind_address):
+        out.append(f"--bind-address {s.bind_address!r}: give an IPv4 address of this host")
     if not 1 <= s.port <= 65535:
         out.append(f"--port {s.port}: give a free TCP port of this host (1-65535)")
     for flag, value in (("--cpus", s.cpus), ("--memory-mb", s.memory_mb)):
