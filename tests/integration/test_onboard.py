@@ -3,13 +3,14 @@ lab's central manager, through the bootstrap script as an admin runs it:
 
 - a wrong token, an unreachable pool, a failed prerequisite: a clear
   message, and the host as clean as before;
-- onboard: the slot registers and a job runs on it; a second run changes
-  nothing; --export writes the same recipe as a compose bundle;
+- onboard: the slot registers and a job runs on it (--smoke-test, with a
+  token of the lab's submitter); a second run changes nothing;
 - uninstall: a clean host, and the slot gone from the pool.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -30,6 +31,13 @@ def wheel() -> Iterator[str]:
         ".".join([head, payload, ("A" if signature[0] != "A" else "B") + signature[1:]]),
         "forged.token",
     )
+    # For --smoke-test: a token of the lab's submitter, who may submit.
+    submitter = lab.in_container(
+        lab.CM_HOST, lab.CM_CONTAINER, "condor_token_create",
+        "-identity", f"physicist@{lab.POOL_DOMAIN}", "-authz", "READ", "-authz", "WRITE",
+        "-lifetime", "3600",
+    ).stdout.strip()  # fmt: skip
+    onboard_lab.set_token(submitter, "submit.token")
     yield path
     onboard_lab.onboard(path, "--uninstall")
     onboard_lab.remove_host()
@@ -63,12 +71,18 @@ def test_an_unreachable_pool_and_a_failed_check_stop_before_anything_changes(whe
 
 
 def test_onboard_joins_the_pool_runs_a_job_and_a_second_run_changes_nothing(wheel: str) -> None:
-    done = onboard_lab.onboard(wheel)
+    smoke = ("--smoke-test", "--submit-token-file", f"{onboard_lab.KIT}/submit.token")
+    done = onboard_lab.onboard(wheel, *smoke)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"TideResourceId {HOST}" in done.stdout
     assert _slots(), "the slot is not in the pool"
-    job = lab.run_job("echo onboarded on $(hostname)", on=HOST)
-    assert job.exit_code == "0", job
+    # The smoke test's job, as the schedd remembers it: it ran on this slot.
+    (job,) = re.findall(r"smoke test: job (\d+\.\d+) ran on \S+ and exited 0", done.stdout)
+    history = lab.in_container(
+        lab.CM_HOST, lab.CM_CONTAINER, "condor_history", job, "-af", "ExitCode", "LastRemoteHost"
+    ).stdout.split()
+    assert history[0] == "0", history
+    assert history[1].endswith(f"@{HOST}"), history
     again = onboard_lab.onboard(wheel)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "0 change(s) - nothing to do" in again.stdout, again.stdout + again.stderr

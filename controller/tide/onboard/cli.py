@@ -17,6 +17,8 @@ from pathlib import Path
 from tide.onboard.settings import Settings, SettingsError, validated
 
 DEFAULT_DISK_PER_CORE_GB = 20.0
+STDIN = "-"
+"""A token file argument that means: read it from stdin."""
 DEFAULT_WAIT_S = 300.0
 
 
@@ -72,6 +74,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     what.add_argument(
         "--wait-s", type=float, default=DEFAULT_WAIT_S, help="wait this long for the slot"
     )
+    what.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="then run a job on the slot, submitted with --submit-token-file",
+    )
+    what.add_argument(
+        "--submit-token-file",
+        metavar="FILE",
+        help="a token of a pool user who may submit (for --smoke-test); '-': stdin",
+    )
+    what.add_argument("--schedd", help="the schedd for --smoke-test; default: the first listed")
     what.add_argument("--export", type=Path, metavar="DIR", help="write a compose bundle to DIR")
     what.add_argument(
         "--uninstall", action="store_true", help="remove all onboarding made; the slot leaves"
@@ -95,7 +108,7 @@ TOKEN_ON_COMMAND_LINE = (
 
 
 def read_token(path: str) -> str:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    text = sys.stdin.read() if path == STDIN else Path(path).read_text(encoding="utf-8")
     return text.strip()
 
 
@@ -115,6 +128,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
         else:
             if not token:
                 missing.append(f"--token-file {args.token_file} is empty")
+    if args.smoke_test and not args.submit_token_file:
+        missing.append(
+            "--smoke-test needs --submit-token-file: a worker token may not submit jobs; ask "
+            "the pool's operators for a token of a user who may"
+        )
+    if [args.token_file, args.submit_token_file].count(STDIN) == 2:
+        missing.append("only one of --token-file and --submit-token-file can be read from stdin")
     if missing:
         raise SettingsError(missing)
     return validated(
@@ -160,6 +180,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.export is not None:
         return flow.export_bundle(settings, args.export, say)
+    smoke = None
+    if args.smoke_test:
+        try:
+            smoke = flow.Smoke(read_token(args.submit_token_file), args.schedd)
+        except OSError as exc:
+            print(f"tide onboard: --submit-token-file: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     return flow.onboard(
         settings,
         say,
@@ -167,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         daemon_json=args.docker_daemon_json,
         per_core_gb=args.disk_per_core_gb,
         wait_s=args.wait_s,
+        smoke=smoke,
     )
 
 

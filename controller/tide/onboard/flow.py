@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,16 @@ from tide.onboard.recipe import role_defaults
 from tide.onboard.settings import Settings
 
 Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Smoke:
+    """--smoke-test: a token that may submit, and the schedd (None: the first)."""
+
+    submit_token: str = field(repr=False)
+    schedd: str | None
+
+
 _TOKEN = Path("secrets/token")
 
 
@@ -75,6 +85,7 @@ def onboard(
     daemon_json: Path | None,
     per_core_gb: float,
     wait_s: float,
+    smoke: Smoke | None = None,
 ) -> int:
     start = time.monotonic()
     facts = _host_ok(settings, say, per_core_gb)
@@ -110,7 +121,17 @@ def onboard(
             _remove(record, say)
             print("tide onboard: rolled back; this host is as before")
         return 1
-    _summary(settings, projects, changed, time.monotonic() - start)
+    took = time.monotonic() - start
+    tested = None
+    if smoke is not None:
+        say("smoke test: a job for this slot")
+        try:
+            tested = pool.smoke_test(settings, smoke.submit_token, smoke.schedd, wait_s, say)
+        except pool.PoolError as exc:
+            _summary(settings, projects, changed, took, None)
+            print(f"tide onboard: the host is onboarded, but the smoke test failed: {exc}")
+            return 1
+    _summary(settings, projects, changed, took, tested)
     return 0
 
 
@@ -173,7 +194,11 @@ def _deploy(job: _Job) -> dict[str, bool]:
 
 
 def _summary(
-    settings: Settings, projects: list[Project], changed: dict[str, bool], took_s: float
+    settings: Settings,
+    projects: list[Project],
+    changed: dict[str, bool],
+    took_s: float,
+    tested: pool.SmokeTest | None,
 ) -> None:
     names = pool.slots(settings)
     worker = _worker(projects).folder
@@ -184,6 +209,11 @@ def _summary(
     )
     print(f"  slot:      {', '.join(names)} in pool {settings.pool_domain} ({settings.collector})")
     print(f"  site:      {settings.site_name}, TideResourceId {settings.node_name}")
+    if tested is not None:
+        print(
+            f"  smoke test: job {tested.job} ran on {tested.slot} and exited 0 "
+            f"({tested.seconds:.1f} s)"
+        )
     print(f"  services:  {', '.join(str(p.folder) for p in projects)}")
     print(f"  check:     docker compose --project-directory {worker} ps")
     print(f"             docker compose --project-directory {worker} logs condor")
@@ -244,4 +274,4 @@ def _recorded(record: deploy.Record) -> Settings | None:
         return None
 
 
-__all__ = ["export_bundle", "onboard", "uninstall"]
+__all__ = ["Smoke", "export_bundle", "onboard", "uninstall"]

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from tide.assemble import configure_htcondor_token, remove_htcondor_config
@@ -33,9 +34,10 @@ def reachable(host: str, port: int, timeout_s: float = 5.0) -> str | None:
 
 
 @contextmanager
-def pool_client(s: Settings) -> Iterator[Any]:
-    """htcondor2, speaking to the pool's collector with the worker token."""
-    folder = configure_htcondor_token(s.collector, s.token)
+def pool_client(s: Settings, token: str | None = None) -> Iterator[Any]:
+    """htcondor2, speaking to the pool's collector with the worker token
+    (or with `token`)."""
+    folder = configure_htcondor_token(s.collector, token or s.token)
     try:
         import htcondor2  # noqa: PLC0415  (after its configuration)
 
@@ -106,6 +108,74 @@ def slots(s: Settings, since: float | None = None) -> list[str]:
         return sorted(str(ad["Name"]) for ad in ads)
 
 
+@dataclass(frozen=True)
+class SmokeTest:
+    job: str
+    slot: str
+    seconds: float
+
+
+def smoke_test(
+    s: Settings,
+    submit_token: str,
+    schedd_name: str | None,
+    timeout_s: float,
+    say: Callable[[str], None],
+) -> SmokeTest:
+    """Submit one tiny job that only this host's slot may run, as the pool
+    user of `submit_token`, to `schedd_name` (default: the first schedd
+    the collector lists); wait until it has run and exited 0."""
+    start = time.monotonic()
+    with pool_client(s, submit_token) as htcondor2:
+        collector = htcondor2.Collector(s.collector)
+        try:
+            if schedd_name:
+                ad = collector.locate(htcondor2.DaemonTypes.Schedd, schedd_name)
+            else:
+                ads = collector.query(htcondor2.AdTypes.Schedd)
+                if not ads:
+                    raise PoolError("the pool lists no schedd to submit the smoke test to")
+                ad = ads[0]
+            schedd = htcondor2.Schedd(ad)
+            job = htcondor2.Submit(
+                {
+                    "executable": "/bin/echo",
+                    "arguments": "tide onboard smoke test",
+                    "transfer_executable": "false",
+                    "should_transfer_files": "NO",
+                    "output": "/dev/null",
+                    "error": "/dev/null",
+                    "initialdir": "/",
+                    "request_cpus": "1",
+                    "request_memory": "64MB",
+                    "request_disk": "10MB",
+                    "requirements": f'TARGET.TideResourceId == "{s.node_name}"',
+                    "+TideOnboardSmokeTest": "true",
+                }
+            )
+            cluster = schedd.submit(job).cluster()
+        except htcondor2.HTCondorException as exc:
+            raise PoolError(
+                f"submitting the smoke test failed ({_first_line(exc)}): the submit token must "
+                "belong to a pool user who may submit to the schedd"
+            ) from None
+        name = f"{cluster}.0"
+        say(f"smoke test: job {name} submitted to {ad['Name']}")
+
+        def done() -> bool:
+            return bool(schedd.history(f"ClusterId == {cluster}", ["ExitCode"], 1))
+
+        if not wait_for(f"smoke test job {name}", done, timeout_s, say):
+            schedd.act(htcondor2.JobAction.Remove, f"ClusterId == {cluster}")
+            raise PoolError(f"the smoke test job {name} did not run within {timeout_s:.0f} s")
+        (ad_done,) = schedd.history(f"ClusterId == {cluster}", ["ExitCode", "LastRemoteHost"], 1)
+        code = ad_done.get("ExitCode")
+        slot = str(ad_done.get("LastRemoteHost", "?"))
+        if code != 0:
+            raise PoolError(f"the smoke test job {name} exited {code} on {slot}")
+    return SmokeTest(name, slot, time.monotonic() - start)
+
+
 def wait_for(
     what: str,
     check: Callable[[], bool],
@@ -136,4 +206,12 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
-__all__ = ["PoolError", "check_token", "reachable", "slots", "wait_for"]
+__all__ = [
+    "PoolError",
+    "SmokeTest",
+    "check_token",
+    "reachable",
+    "slots",
+    "smoke_test",
+    "wait_for",
+]
