@@ -109,6 +109,7 @@ bench: lab
 	python -m benchmarks.controller_decide
 	python -m benchmarks.controller_loop
 	python -m benchmarks.evacuation
+	python -m benchmarks.onboard
 
 clean: demo-down
 	@docker images --format '{{.Repository}}:{{.Tag}}' | grep '^tide/' | xargs -r docker rmi -f >/dev/null

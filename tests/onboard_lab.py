@@ -20,7 +20,10 @@ HOST = "tide-lab-onboard"
 KIT = "/root/kit"
 PORT = lab.TEST_PORTS["onboard_worker"]
 SITE = "LAB-ONBOARD"
-IMAGES = ("condor", "autoheal")
+SQUID_PORT = lab.TEST_PORTS["onboard_squid"]
+EXPORT_PORT = lab.TEST_PORTS["onboard_export_worker"]
+IMAGES = ("condor", "autoheal", "squid", "cvmfs-double")
+CVMFS_IMAGE = "tide/cvmfs-double:0.1.0"  # the lab's contract double of the CVMFS image
 LAB_HOSTS = str(lab.TOP / "tests" / "bin" / "lab-hosts")
 
 
@@ -102,8 +105,12 @@ def onboard(
 def host_is_clean() -> list[str]:
     """What onboarding left on the host (empty: nothing)."""
     left: list[str] = []
-    if lab.on_host(HOST, "test", "-e", "/opt/tide/condor_worker", check=False).returncode == 0:
-        left.append("/opt/tide/condor_worker")
+    for folder in ("condor_worker", "autoheal", "cvmfs", "squid"):
+        if lab.on_host(HOST, "test", "-e", f"/opt/tide/{folder}", check=False).returncode == 0:
+            left.append(f"/opt/tide/{folder}")
+    for path in ("/etc/systemd/system/tide-cvmfs-propagation.service", "/cvmfs", "/var/lib/cvmfs"):
+        if lab.on_host(HOST, "test", "-e", path, check=False).returncode == 0:
+            left.append(path)
     if lab.on_host(HOST, "test", "-e", "/opt/tide/onboard.json", check=False).returncode == 0:
         left.append("/opt/tide/onboard.json")
     if lab.on_host(HOST, "sh", "-c", "command -v dockerd", check=False).returncode == 0:

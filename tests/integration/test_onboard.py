@@ -4,7 +4,9 @@ lab's central manager, through the bootstrap script as an admin runs it:
 - a wrong token, an unreachable pool, a failed prerequisite: a clear
   message, and the host as clean as before;
 - onboard: the slot registers and a job runs on it (--smoke-test, with a
-  token of the lab's submitter); a second run changes nothing;
+  token of the lab's submitter); a second run changes nothing; a run with
+  CVMFS and a squid added applies them (jobs read the repository);
+- --export writes the recipe as a compose bundle, which runs by hand;
 - uninstall: a clean host, and the slot gone from the pool.
 """
 
@@ -43,10 +45,10 @@ def wheel() -> Iterator[str]:
     onboard_lab.remove_host()
 
 
-def _slots() -> list[str]:
+def _slots(name: str = HOST) -> list[str]:
     htcondor2 = client()
     ads = htcondor2.Collector(lab.COLLECTOR).query(
-        htcondor2.AdTypes.Startd, constraint=f'TideResourceId == "{HOST}"', projection=["Name"]
+        htcondor2.AdTypes.Startd, constraint=f'TideResourceId == "{name}"', projection=["Name"]
     )
     return [str(ad["Name"]) for ad in ads]
 
@@ -89,6 +91,39 @@ def test_onboard_joins_the_pool_runs_a_job_and_a_second_run_changes_nothing(whee
     # The token never reaches the output.
     token = (lab.STATE / "secrets" / "worker.token").read_text().strip()
     assert token not in done.stdout + done.stderr + again.stdout + again.stderr
+
+
+def test_cvmfs_and_a_squid_join_a_changed_onboarding(wheel: str) -> None:
+    # The same host, onboarded again with CVMFS (the lab's double of the
+    # CVMFS image) through a squid of its own: the settings are applied.
+    repo = lab.CVMFS_REPOSITORIES[0]
+    done = onboard_lab.onboard(
+        wheel, "--cvmfs-repository", repo, "--cvmfs-image", onboard_lab.CVMFS_IMAGE,
+        "--squid", "--squid-port", str(onboard_lab.SQUID_PORT),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "/opt/tide/squid, /opt/tide/cvmfs, /opt/tide/condor_worker" in done.stdout
+    job = lab.run_job(f"cat /cvmfs/{repo}/.tide-cvmfs-double", on=HOST)
+    assert job.exit_code == "0", job
+    assert f"proxy: http://127.0.0.1:{onboard_lab.SQUID_PORT}" in job.output, job
+
+
+def test_an_exported_bundle_runs_by_hand(wheel: str) -> None:
+    # --export on the onboarded host (its engine is there), under another
+    # name and port, started by hand as its README says: its slot joins.
+    name, port = f"{HOST}-export", str(onboard_lab.EXPORT_PORT)
+    done = onboard_lab.onboard(wheel, "--name", name, "--port", port, "--export", "/root/bundle")
+    assert done.returncode == 0, done.stdout + done.stderr
+    readme = lab.on_host(HOST, "cat", "/root/bundle/README.md").stdout
+    assert "docker compose --project-directory /opt/tide/condor_worker up -d --wait" in readme
+    compose = ["docker", "compose", "-p", "tide-export-test", "--project-directory",
+               "/root/bundle/condor_worker"]  # fmt: skip
+    try:
+        lab.on_host(HOST, *compose, "up", "-d", "--wait")
+        lab.wait_for("the exported worker's slot", lambda: bool(_slots(name)), timeout=120)
+    finally:
+        lab.on_host(HOST, *compose, "down", "--volumes", check=False)
+    lab.wait_for("the exported worker's slot gone", lambda: not _slots(name), timeout=120)
 
 
 def test_uninstall_leaves_a_clean_host_and_the_slot_leaves(wheel: str) -> None:

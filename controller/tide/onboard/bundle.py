@@ -39,6 +39,7 @@ class Project:
     image: str
     files: tuple[File, ...]
     units: tuple[File, ...] = ()  # systemd units the role installs
+    folders: tuple[PurePosixPath, ...] = ()  # more folders the role makes (0755)
 
 
 def role_variables(role: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def plan(s: Settings) -> list[Project]:
         projects.append(
             _project(
                 "squid",
-                {**host, "squid_allowed_clients": ["127.0.0.0/8"]},
+                {**host, "squid_allowed_clients": ["127.0.0.0/8"], "squid_port": s.squid_port},
                 [("compose.yaml.j2", "compose.yaml")],
             )
         )
@@ -83,10 +84,12 @@ def plan(s: Settings) -> list[Project]:
             PurePosixPath("/etc/systemd/system/tide-cvmfs-propagation.service"),
             render("cvmfs", "tide-cvmfs-propagation.service.j2", variables),
         )
-        projects.append(
-            Project(project.role, project.folder, project.image, project.files, (unit,))
-        )
         v = role_variables("cvmfs", variables)
+        # As the role's tasks: /cvmfs (the unit makes it a shared mount) and the cache.
+        folders = (PurePosixPath("/cvmfs"), PurePosixPath(v["cvmfs_cache_dir"]))
+        projects.append(
+            Project(project.role, project.folder, project.image, project.files, (unit,), folders)
+        )
         cvmfs = {
             "mode": "container",
             "repositories": list(s.cvmfs_repositories),

@@ -54,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     host.add_argument("--cvmfs-proxy", default="", help="CVMFS's squid(s), or DIRECT")
     host.add_argument("--cvmfs-image", default="", help="the CVMFS service image to run")
     host.add_argument("--squid", action="store_true", help="run a squid on this host for CVMFS")
+    host.add_argument("--squid-port", type=int, default=3128, help="its port (3128)")
     host.add_argument(
         "--disk-per-core-gb",
         type=float,
@@ -149,6 +150,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             cvmfs_proxy=args.cvmfs_proxy,
             cvmfs_image=args.cvmfs_image,
             squid=args.squid,
+            squid_port=args.squid_port,
             port=args.port,
             bind_address=args.bind_address,
         )

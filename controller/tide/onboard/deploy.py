@@ -37,6 +37,7 @@ class Record:
 
     projects: list[dict[str, str]] = field(default_factory=list)  # role, folder
     units: list[str] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)  # made beside the projects (/cvmfs)
     packages: list[str] = field(default_factory=list)  # installed by onboarding
     images: list[str] = field(default_factory=list)  # loaded by onboarding
     settings: dict[str, Any] = field(default_factory=dict)  # never the token
@@ -137,7 +138,7 @@ def file_ops(projects: Sequence[Project]) -> list[Op]:
 
     ops: list[Op] = []
     for p in projects:
-        folders = sorted({f.path.parent for f in p.files} | {p.folder})
+        folders = sorted({f.path.parent for f in p.files} | {p.folder, *p.folders})
         for folder in folders:
             secret = any(f.secret and f.path.parent == folder for f in p.files)
             ops.append((f"Directory {folder}", files.directory, {
@@ -270,6 +271,12 @@ def remove_ops(record: Record) -> list[Op]:
             "service": name, "running": False, "enabled": False,
         }))  # fmt: skip
         ops.append((f"Remove {unit}", files.file, {"path": unit, "present": False}))
+    for folder in record.folders:
+        quoted = shlex.quote(folder)
+        ops.append((f"Unmount {folder}", server.shell, {"commands": [
+            f"if mountpoint -q {quoted}; then umount -l {quoted}; fi"
+        ]}))  # fmt: skip
+        ops.append((f"Remove {folder}", files.directory, {"path": folder, "present": False}))
     for image in record.images:
         ops.append((f"Remove image {image}", server.shell, {"commands": [
             f"docker image rm {shlex.quote(image)} || true"

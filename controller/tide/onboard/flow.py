@@ -166,13 +166,20 @@ def _deploy(job: _Job) -> dict[str, bool]:
         record.packages = sorted(set(record.packages) | set(packages))
         record.save()
         changed |= deploy.run_ops(ops, say)
-    # Projects a changed configuration no longer has (e.g. no more squid) go.
+    # What a changed configuration no longer has (e.g. no more CVMFS) goes.
     wanted = {str(p.folder) for p in projects}
-    dropped = [p for p in record.projects if p["folder"] not in wanted]
-    if dropped:
-        changed |= deploy.run_ops(deploy.remove_ops(deploy.Record(projects=dropped)), say)
+    units = {str(u.path) for p in projects for u in p.units}
+    folders = {str(f) for p in projects for f in p.folders}
+    dropped = deploy.Record(
+        projects=[p for p in record.projects if p["folder"] not in wanted],
+        units=[u for u in record.units if u not in units],
+        folders=[f for f in record.folders if f not in folders],
+    )
+    if dropped.projects or dropped.units or dropped.folders:
+        changed |= deploy.run_ops(deploy.remove_ops(dropped), say)
     record.projects = [{"role": p.role, "folder": str(p.folder)} for p in projects]
-    record.units = sorted({str(u.path) for p in projects for u in p.units} | set(record.units))
+    record.units = sorted(units)
+    record.folders = sorted(folders)
     record.settings = {k: v for k, v in asdict(settings).items() if k != "token"}
     record.save()
     missing = deploy.missing_images(projects)

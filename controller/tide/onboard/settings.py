@@ -14,8 +14,6 @@ _HOST_PORT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*:([0-9]{1,5})$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _REPOSITORY = re.compile(r"^[a-z0-9][a-z0-9.-]*\.[a-z]+$")
 _PROXY = re.compile(r"^((DIRECT|auto|https?://[^ ;|\"]+)[;|]?)+$")
-SQUID_PROXY = "http://127.0.0.1:3128"
-"""CVMFS's proxy when onboarding deploys the squid on the same host."""
 
 
 class SettingsError(ValueError):
@@ -38,6 +36,7 @@ class Settings:
     cvmfs_proxy: str = ""
     cvmfs_image: str = ""  # "": the cvmfs role's default
     squid: bool = False
+    squid_port: int = 3128  # squid_port, when onboarding runs the squid
     port: int = 9618  # the worker's local shared port (condor_worker_port)
     bind_address: str = ""  # "": every interface (condor_worker_bind_address)
 
@@ -56,7 +55,8 @@ class Settings:
 
     @property
     def proxy(self) -> str:
-        return self.cvmfs_proxy or (SQUID_PROXY if self.squid else "")
+        """CVMFS's proxy: the one given, or the squid onboarding runs here."""
+        return self.cvmfs_proxy or (f"http://127.0.0.1:{self.squid_port}" if self.squid else "")
 
 
 def _ipv4(text: str) -> bool:
@@ -119,8 +119,9 @@ def _host_problems(s: Settings) -> list[str]:
         out.append(f"--name {s.node_name!r}: letters, digits, '.', '_' and '-' only")
     if s.bind_address and not _ipv4(s.bind_address):
         out.append(f"--bind-address {s.bind_address!r}: give an IPv4 address of this host")
-    if not 1 <= s.port <= 65535:
-        out.append(f"--port {s.port}: give a free TCP port of this host (1-65535)")
+    for flag, port in (("--port", s.port), ("--squid-port", s.squid_port)):
+        if not 1 <= port <= 65535:
+            out.append(f"{flag} {port}: give a free TCP port of this host (1-65535)")
     for flag, value in (("--cpus", s.cpus), ("--memory-mb", s.memory_mb)):
         if value is not None and value < 1:
             out.append(f"{flag} {value}: give a positive number, or omit it for the whole node")
@@ -147,4 +148,4 @@ def validated(s: Settings) -> Settings:
     return s
 
 
-__all__ = ["SQUID_PROXY", "Settings", "SettingsError", "problems", "token_claims", "validated"]
+__all__ = ["Settings", "SettingsError", "problems", "token_claims", "validated"]
