@@ -17,8 +17,6 @@ from typing import Any
 from tide.onboard.recipe import render, resolve, role_defaults
 from tide.onboard.settings import Settings
 
-CVMFS_CONTAINER = "tide-cvmfs"
-
 
 @dataclass(frozen=True)
 class File:
@@ -64,7 +62,11 @@ def plan(s: Settings) -> list[Project]:
         projects.append(
             _project(
                 "squid",
-                {**host, "squid_allowed_clients": ["127.0.0.0/8"], "squid_port": s.squid_port},
+                {
+                    **host,
+                    "squid_allowed_clients": ["127.0.0.0/8"],
+                    **({"squid_port": s.squid_port} if s.squid_port else {}),
+                },
                 [("compose.yaml.j2", "compose.yaml")],
             )
         )
@@ -75,7 +77,6 @@ def plan(s: Settings) -> list[Project]:
             "cvmfs_mode": "container",
             "cvmfs_repositories": list(s.cvmfs_repositories),
             "cvmfs_http_proxy": s.proxy,
-            "cvmfs_container_name": CVMFS_CONTAINER,
         }
         if s.cvmfs_image:
             variables["cvmfs_image"] = s.cvmfs_image
@@ -93,7 +94,7 @@ def plan(s: Settings) -> list[Project]:
         cvmfs = {
             "mode": "container",
             "repositories": list(s.cvmfs_repositories),
-            "container": CVMFS_CONTAINER,
+            "container": v["cvmfs_container_name"],
             "cvmfsexec_dir": "",
             "cache_dir": v["cvmfs_cache_dir"],
         }
@@ -105,7 +106,7 @@ def plan(s: Settings) -> list[Project]:
         "condor_worker_cpus": s.cpus,
         "condor_worker_memory_mb": s.memory_mb,
         "condor_worker_cvmfs": cvmfs,
-        "condor_worker_port": s.port,
+        **({"condor_worker_port": s.port} if s.port else {}),
         "condor_worker_bind_address": s.bind_address,
     }
     project = _project(
@@ -119,4 +120,4 @@ def plan(s: Settings) -> list[Project]:
     return projects
 
 
-__all__ = ["CVMFS_CONTAINER", "File", "Project", "plan", "role_variables"]
+__all__ = ["File", "Project", "plan", "role_variables"]

@@ -40,7 +40,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     host.add_argument("--name", help="the worker's name (TideResourceId); default: hostname")
     host.add_argument("--cpus", type=int, help="cores to lend; default: all")
     host.add_argument("--memory-mb", type=int, help="memory to lend; default: all")
-    host.add_argument("--port", type=int, default=9618, help="the worker's local port (9618)")
+    host.add_argument(
+        "--port", type=int, help="the worker's local port (default: condor_worker_port's, 9618)"
+    )
     host.add_argument(
         "--bind-address", default="", help="IPv4 address the worker binds; default: every one"
     )
@@ -54,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     host.add_argument("--cvmfs-proxy", default="", help="CVMFS's squid(s), or DIRECT")
     host.add_argument("--cvmfs-image", default="", help="the CVMFS service image to run")
     host.add_argument("--squid", action="store_true", help="run a squid on this host for CVMFS")
-    host.add_argument("--squid-port", type=int, default=3128, help="its port (3128)")
+    host.add_argument("--squid-port", type=int, help="its port (default: squid_port's, 3128)")
     host.add_argument(
         "--disk-per-core-gb",
         type=float,

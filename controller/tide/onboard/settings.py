@@ -10,6 +10,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from tide.onboard.recipe import role_defaults
+
 _HOST_PORT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*:([0-9]{1,5})$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _REPOSITORY = re.compile(r"^[a-z0-9][a-z0-9.-]*\.[a-z]+$")
@@ -36,8 +38,10 @@ class Settings:
     cvmfs_proxy: str = ""
     cvmfs_image: str = ""  # "": the cvmfs role's default
     squid: bool = False
-    squid_port: int = 3128  # squid_port, when onboarding runs the squid
-    port: int = 9618  # the worker's local shared port (condor_worker_port)
+    # None: the role's default (squid_port; condor_worker_port, the worker's
+    # local shared port) - onboarding keeps no second copy of a default.
+    squid_port: int | None = None
+    port: int | None = None
     bind_address: str = ""  # "": every interface (condor_worker_bind_address)
 
     @property
@@ -56,7 +60,10 @@ class Settings:
     @property
     def proxy(self) -> str:
         """CVMFS's proxy: the one given, or the squid onboarding runs here."""
-        return self.cvmfs_proxy or (f"http://127.0.0.1:{self.squid_port}" if self.squid else "")
+        if self.cvmfs_proxy or not self.squid:
+            return self.cvmfs_proxy
+        port = self.squid_port or role_defaults("squid")["squid_port"]
+        return f"http://127.0.0.1:{port}"
 
 
 def _ipv4(text: str) -> bool:
@@ -120,7 +127,7 @@ def _host_problems(s: Settings) -> list[str]:
     if s.bind_address and not _ipv4(s.bind_address):
         out.append(f"--bind-address {s.bind_address!r}: give an IPv4 address of this host")
     for flag, port in (("--port", s.port), ("--squid-port", s.squid_port)):
-        if not 1 <= port <= 65535:
+        if port is not None and not 1 <= port <= 65535:
             out.append(f"{flag} {port}: give a free TCP port of this host (1-65535)")
     for flag, value in (("--cpus", s.cpus), ("--memory-mb", s.memory_mb)):
         if value is not None and value < 1:
