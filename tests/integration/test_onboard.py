@@ -61,7 +61,7 @@ def test_a_wrong_token_stops_before_anything_changes(wheel: str) -> None:
     assert onboard_lab.host_is_clean() == []
 
 
-def test_an_unreachable_pool_and_a_failed_check_stop_before_anything_changes(wheel: str) -> None:
+def test_an_unreachable_pool_and_failed_checks_stop_before_anything_changes(wheel: str) -> None:
     done = onboard_lab.onboard(wheel, "--collector", "127.0.0.1:1")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "cannot be reached" in done.stdout, done.stdout
@@ -69,6 +69,15 @@ def test_an_unreachable_pool_and_a_failed_check_stop_before_anything_changes(whe
     assert done.returncode == 2, done.stdout + done.stderr
     assert "disk:" in done.stdout, done.stdout
     assert "Fix:" in done.stdout, done.stdout
+    assert onboard_lab.host_is_clean() == []
+    # A recipe onboarding did not make (provider.yml's, or by hand) is not taken over.
+    lab.on_host(HOST, "mkdir", "-p", "/opt/tide/condor_worker")
+    try:
+        done = onboard_lab.onboard(wheel)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "tide onboard did not make them" in done.stdout, done.stdout
+    finally:
+        lab.on_host(HOST, "rmdir", "/opt/tide/condor_worker")
     assert onboard_lab.host_is_clean() == []
 
 

@@ -88,18 +88,12 @@ def onboard(
     smoke: Smoke | None = None,
 ) -> int:
     start = time.monotonic()
-    facts = _host_ok(settings, say, per_core_gb)
-    if facts is None:
-        print("tide onboard: nothing was changed")
-        return 2
-    say(f"asking the pool at {settings.collector} whether it accepts the token")
-    try:
-        pool.check_token(settings)
-    except pool.PoolError as exc:
-        print(f"tide onboard: {exc}\ntide onboard: nothing was changed")
-        return 1
     projects = plan(settings)
-    previous = deploy.Record.load()
+    ready = _preflight(settings, projects, say, per_core_gb)
+    if isinstance(ready, int):
+        print("tide onboard: nothing was changed")
+        return ready
+    facts, previous = ready
     record = previous or deploy.Record()
     try:
         job = _Job(settings, projects, facts, record, say, images, daemon_json)
@@ -133,6 +127,36 @@ def onboard(
             return 1
     _summary(settings, projects, changed, took, tested)
     return 0
+
+
+def _preflight(
+    settings: Settings, projects: list[Project], say: Say, per_core_gb: float
+) -> tuple[checks.HostFacts, deploy.Record | None] | int:
+    """The host's prerequisites, the pool's answer, and what onboarding made
+    here before: the facts and the earlier record, or the exit code."""
+    facts = _host_ok(settings, say, per_core_gb)
+    if facts is None:
+        return 2
+    say(f"asking the pool at {settings.collector} whether it accepts the token")
+    try:
+        pool.check_token(settings)
+    except pool.PoolError as exc:
+        print(f"tide onboard: {exc}")
+        return 1
+    try:
+        previous = deploy.Record.load()
+    except deploy.DeployError as exc:
+        print(f"tide onboard: {exc}")
+        return 2
+    foreign = [str(p.folder) for p in projects if Path(p.folder).exists()]
+    if previous is None and foreign:
+        print(
+            f"tide onboard: {', '.join(foreign)} exist(s) but tide onboard did not make them "
+            "(provider.yml, or a recipe by hand?): remove them, or keep managing this host "
+            "that way"
+        )
+        return 2
+    return facts, previous
 
 
 def _worker(projects: list[Project]) -> Project:
