@@ -37,7 +37,7 @@ VARIABLES: dict[str, Any] = {
     "cvmfs_repositories": ["sft.cern.ch", "cms.cern.ch"],
     "cvmfs_http_proxy": "http://127.0.0.1:3128",
     "cvmfs_config": {"CVMFS_DEBUGLOG": "/var/log/cvmfs.log"},
-    "squid_allowed_clients": ["127.0.0.0/8", "10.1.0.0/16"],
+    "squid_allowed_clients": ["127.0.0.0/8", "198.51.100.0/24"],  # rendered, never reached
 }
 
 TEMPLATES = [
