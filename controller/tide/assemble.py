@@ -2,7 +2,7 @@
 the sites' adapters, the demand source and the slot observer.
 
 htcondor2 reads CONDOR_CONFIG when first imported, so `configure_htcondor`
-must run before anything imports it (tide.demand, tide.loop.CollectorSlots);
+must run before anything imports it (tide.demand, tide.slots.CollectorSlots);
 those modules are imported here lazily for that reason, as are the Docker
 and OpenStack client libraries (a site kind not configured is never loaded).
 """
@@ -14,7 +14,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from tide.config import (
@@ -25,10 +26,12 @@ from tide.config import (
     SlurmBackfillSiteConfig,
     site_model,
 )
-from tide.loop import CollectorSlots, Controller, DemandSource
+from tide.loop import Controller, DemandSource
 from tide.metrics import Metrics
 from tide.model import Demand, Site
-from tide.sites.base import Owned, PoolEndpoint, SiteAdapter
+from tide.runner import Runner
+from tide.sites.base import Owned, PoolEndpoint, SiteAdapter, SiteError
+from tide.slots import CollectorSlots
 from tide.startds import SiteStartds
 from tide.store import Store, new_resource_id, random_suffix
 
@@ -70,17 +73,20 @@ def remove_htcondor_config(folder: Path) -> None:
 
 
 def build_adapter(name: str, site: SiteConfig, *, owner: str, pool: PoolEndpoint) -> SiteAdapter:
-    """The adapter of one configured site. Raises SiteError for a bad site."""
+    """The adapter of one configured site. Raises SiteError for a bad site.
+    Contacts no site: an engine or cloud that is down at the daemon's start
+    makes its site's calls fail (retryably), not the daemon. Every call an
+    adapter makes has a deadline: the modules' API_TIMEOUT_S, a Slurm site's
+    command_timeout_s."""
     if isinstance(site, DockerSiteConfig):
-        import docker  # noqa: PLC0415
+        from tide.sites import docker as docker_site  # noqa: PLC0415
 
-        from tide.sites.docker import DockerSite  # noqa: PLC0415
-
-        client = docker.DockerClient(base_url=site.engine_url)
-        return DockerSite(
+        return docker_site.DockerSite(
             name,
             site,
-            client=client,
+            client=docker_site.engine_client(
+                name, site.engine_url, timeout_s=docker_site.API_TIMEOUT_S
+            ),
             owner=owner,
             pool=pool,
             worker_token_file=site.worker_token_file,
@@ -89,16 +95,25 @@ def build_adapter(name: str, site: SiteConfig, *, owner: str, pool: PoolEndpoint
         return _slurm_adapter(name, site, owner=owner, pool=pool)
     assert isinstance(site, OpenStackSiteConfig)
     import openstack  # noqa: PLC0415
+    import openstack.exceptions  # noqa: PLC0415
 
-    from tide.sites.openstack import OpenStackSite  # noqa: PLC0415
+    from tide.sites import openstack as openstack_site  # noqa: PLC0415
+    from tide.sites.base import SiteError  # noqa: PLC0415
 
-    return OpenStackSite(
-        name,
-        site,
-        conn=openstack.connect(cloud=site.cloud),
-        owner=owner,
-        pool=pool,
-        worker_token=site.worker_token_file.read_text(encoding="utf-8"),
+    try:
+        # No call yet: openstacksdk authenticates at the first one.
+        conn = openstack.connect(cloud=site.cloud, api_timeout=openstack_site.API_TIMEOUT_S)
+    except openstack.exceptions.SDKException as exc:  # e.g. no such entry in clouds.yaml
+        raise SiteError(f"site {name}: sites.{name}.cloud: {exc}", retryable=False) from None
+    try:
+        token = site.worker_token_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SiteError(
+            f"site {name}: the worker token file {site.worker_token_file}: {exc}",
+            retryable=False,
+        ) from None
+    return openstack_site.OpenStackSite(
+        name, site, conn=conn, owner=owner, pool=pool, worker_token=token
     )
 
 
@@ -168,17 +183,61 @@ def demand_source(config: Config) -> DemandSource:
     return read
 
 
+def remember_site_configs(config: Config, store: Store, retiring: Collection[str]) -> None:
+    """Keep each configured site's configuration in the state file (paths,
+    never a secret), so a site later removed from the file can be retired."""
+    for name, site in config.sites.items():
+        if name not in retiring:
+            store.set_site_config(name, site.model_dump_json())
+
+
+def with_retiring_sites(config: Config, store: Store) -> tuple[Config, frozenset[str]]:
+    """`config` plus every site the state file still has live resources at
+    that the file no longer names, rebuilt from the configuration it last ran
+    with and marked retiring: it boots nothing and gives everything back
+    (drained, then destroyed). A site with nothing left is forgotten. Raises
+    SiteError for such a site whose last configuration is unknown."""
+    from pydantic import TypeAdapter  # noqa: PLC0415
+
+    alive: dict[str, int] = {}
+    for r in store.alive():
+        alive[r.site] = alive.get(r.site, 0) + 1
+    sites = dict(config.sites)
+    retiring: set[str] = set()
+    for record in store.sites():
+        if record.name in sites:
+            continue
+        if record.name not in alive:
+            store.forget_site(record.name)
+            continue
+        saved = store.site_config(record.name)
+        if saved is None:
+            continue
+        sites[record.name] = TypeAdapter(SiteConfig).validate_json(saved)
+        retiring.add(record.name)
+    for name in sorted(set(alive) - set(sites)):
+        raise SiteError(
+            f"site {name}: {alive[name]} resources in the state file, but the site is neither"
+            " configured nor known from an earlier run: add it back (with limits.max_resources: 0"
+            " to give them back)",
+            retryable=False,
+        )
+    return config.model_copy(update={"sites": sites}), frozenset(retiring)
+
+
 def build_controller(
     config: Config,
     store: Store,
     *,
     adapters: Mapping[str, SiteAdapter] | None,
     metrics: Metrics | None,
+    runner: Runner | None = None,
+    retiring: Collection[str] = (),
 ) -> Controller:
     """The controller of `config`; adapters None builds a read-only one (`tide plan`)."""
     sites: dict[str, tuple[Site, SiteAdapter]] = {
         name: (
-            site_model(name, cfg),
+            replace(site_model(name, cfg), retiring=name in retiring),
             ReadOnlySite(name) if adapters is None else adapters[name],
         )
         for name, cfg in config.sites.items()
@@ -192,4 +251,6 @@ def build_controller(
         metrics=metrics,
         clock=time.time,
         new_id=lambda site: new_resource_id(site, random_suffix()),
+        runner=runner,
+        act_budget_s=config.loop.interval_s,
     )

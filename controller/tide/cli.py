@@ -24,10 +24,9 @@ from tide.config import (
     check_secrets,
     load_config,
 )
-from tide.loop import EVACUATE, HELD, PAUSED
 from tide.model import ALIVE, Create, Demand, Plan, State
 from tide.onboard import cli as onboard_cli
-from tide.store import Store, StoreError
+from tide.store import StateFileError, Store, StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except StoreError as exc:
         print(f"tide: {exc}", file=sys.stderr)
-        return 1
+        # A state file that is not Tide's: restarting cannot help, and exit 2
+        # stops systemd's restarts (RestartPreventExitStatus).
+        return 2 if isinstance(exc, StateFileError) else 1
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -206,20 +207,14 @@ def demand_table(demand: Sequence[Demand], complete: bool) -> str:
 def _drain(config: Config, args: argparse.Namespace) -> int:
     resource: str = args.resource
     with Store.open(config.loop.state_file, exclusive=False) as store:
-        r = store.get(resource)
-        if r is None:
+        if store.get(resource) is None:
             print(f"tide: {resource}: no such resource in the store", file=sys.stderr)
             return 1
-        if r.state not in (State.RUNNING, State.DRAINING):
-            print(
-                f"tide: {resource} is {r.state.value}: only a running or draining resource"
-                " can be drained (a boot is removed by the daemon when demand goes)",
-                file=sys.stderr,
-            )
+        try:
+            store.request_drain(resource, time.time())
+        except StoreError as exc:
+            print(f"tide: {exc}", file=sys.stderr)
             return 1
-        store.set_detail(resource, HELD, True)
-        if r.state is State.RUNNING:
-            store.move(resource, State.DRAINING, time.time(), "operator drain (tide drain)")
     print(
         f"{resource}: draining; the daemon drains its startd (running jobs finish),"
         " then removes it. Demand does not undo an operator's drain."
@@ -246,8 +241,7 @@ def _evacuate(config: Config, args: argparse.Namespace) -> int:
         return 2
     with Store.open(config.loop.state_file, exclusive=False) as store:
         before = {r.id for r in store.alive(site) if r.state in ALIVE}
-        store.set_site_detail(site, PAUSED, True)
-        store.set_site_detail(site, EVACUATE, "all" if args.nodes is None else args.nodes)
+        store.request_evacuate(site, args.nodes)
         want = len(before) if args.nodes is None else min(args.nodes, len(before))
         print(
             f"{site}: paused (no new boot until `tide resume --site {site}`); asked the daemon"
@@ -280,8 +274,7 @@ def _resume(config: Config, args: argparse.Namespace) -> int:
         print(f"tide: {problem}", file=sys.stderr)
         return 2
     with Store.open(config.loop.state_file, exclusive=False) as store:
-        store.set_site_detail(site, PAUSED, False)
-        store.set_site_detail(site, EVACUATE, None)
+        store.request_resume(site)
     print(f"{site}: resumed; the daemon boots there again when jobs wait and the owners do not")
     return 0
 

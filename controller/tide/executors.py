@@ -38,7 +38,9 @@ each further failure, up to `reconnect_max_s`, and a successful connect
 resets it. Meanwhile `run` fails fast with `ExecutorError.retry_in_s` set,
 instead of every cycle of the controller hammering a node that is down.
 
-Timeouts and lost connections: `timeout_s` bounds the whole `run`. Locally,
+Timeouts and lost connections: `timeout_s` bounds the whole `run`, and a
+run that outlasts it raises `CommandTimedOut` (a retryable ExecutorError),
+so a site can tell a hung command from a failed one. Locally,
 the command runs in its own process group, which is SIGKILLed on timeout.
 Over SSH, the session is sent a KILL signal request and closed (a server
 that ignores signal requests leaves the command to finish or to die writing
@@ -49,6 +51,13 @@ found dead before the command's session opened (it dropped while idle) is
 replaced and the command tried once more, since it cannot have run.
 Keepalives (every 15 s, 3 unanswered drop the connection) find a silently
 dead connection.
+
+Environment: a local command sees only `LOCAL_ENVIRONMENT` of the daemon's
+environment (PATH, HOME, the user and locale, TMPDIR, SLURM_CONF), never
+the rest of it: the daemon's CONDOR_CONFIG names its private token folder,
+and a variable such as SBATCH_EXPORT or SQUEUE_FORMAT would change what a
+Slurm command does. Over SSH the remote login's own environment applies
+(nothing of the daemon's is sent).
 
 Threads: the SSH side runs on an asyncio event loop in one daemon thread
 owned by the executor; `run` hands its coroutine to that loop
@@ -76,7 +85,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Collection, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -87,6 +96,20 @@ import asyncssh
 from tide.logs import event
 
 log = logging.getLogger(__name__)
+
+LOCAL_ENVIRONMENT = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "SLURM_CONF",
+)
+"""The variables of the daemon's environment a `LocalExecutor` command gets
+(those set); everything else stays with the daemon."""
 
 KILL_GRACE_S = 5.0
 """How long a timed-out local command's killed process group gets to go away."""
@@ -125,6 +148,14 @@ class ExecutorError(Exception):
         self.retryable = retryable
         self.retry_in_s = retry_in_s
         self.completed = completed
+
+
+class CommandTimedOut(ExecutorError):
+    """A command did not finish within its `timeout_s` (it was killed, or its
+    session closed): retryable. It may nonetheless have taken effect."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
 
 
 def _display(argv: Sequence[str]) -> str:
@@ -196,7 +227,18 @@ def _checked_argv(argv: Sequence[str], timeout_s: float) -> tuple[str, ...]:
 
 class LocalExecutor:
     """Runs commands as local subprocesses, each in its own session (process group),
-    so a timeout kills the command and whatever it started."""
+    so a timeout kills the command and whatever it started. A command's
+    environment holds only the variables named in `keep` (by default
+    LOCAL_ENVIRONMENT) that the daemon has; without PATH, os.defpath."""
+
+    def __init__(self, keep: Collection[str] = LOCAL_ENVIRONMENT) -> None:
+        self._keep = tuple(keep)
+
+    def environment(self) -> dict[str, str]:
+        """The environment a command gets now."""
+        env = {name: os.environ[name] for name in self._keep if name in os.environ}
+        env.setdefault("PATH", os.defpath)
+        return env
 
     def run(
         self, argv: Sequence[str], *, stdin: str | None = None, timeout_s: float = 30.0
@@ -211,6 +253,7 @@ class LocalExecutor:
                 encoding="utf-8",
                 errors="replace",
                 start_new_session=True,
+                env=self.environment(),  # argv[0] is looked up in its PATH
             )
         except FileNotFoundError:
             raise ExecutorError(
@@ -230,9 +273,8 @@ class LocalExecutor:
                 stdout, stderr = proc.communicate(stdin, timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
-                raise ExecutorError(
-                    f"{_display(args)} timed out after {timeout_s:g} s and was killed",
-                    retryable=True,
+                raise CommandTimedOut(
+                    f"{_display(args)} timed out after {timeout_s:g} s and was killed"
                 ) from None
             except BaseException:
                 _kill_group(proc)
@@ -385,9 +427,8 @@ class SshExecutor:
             return future.result(timeout=timeout_s + _RESULT_GRACE_S)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise ExecutorError(
-                f"{_display(args)} on {self._where}: timed out after {timeout_s:g} s",
-                retryable=True,
+            raise CommandTimedOut(
+                f"{_display(args)} on {self._where}: timed out after {timeout_s:g} s"
             ) from None
         except concurrent.futures.CancelledError:
             raise ExecutorError(
@@ -437,9 +478,8 @@ class SshExecutor:
                 async with self._sessions:
                     return await self._execute(conn, argv, stdin)
         except TimeoutError:
-            raise ExecutorError(
-                f"{_display(argv)} on {self._where}: timed out after {timeout_s:g} s",
-                retryable=True,
+            raise CommandTimedOut(
+                f"{_display(argv)} on {self._where}: timed out after {timeout_s:g} s"
             ) from None
         finally:
             self._running.discard(task)

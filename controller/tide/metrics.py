@@ -27,13 +27,24 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from tide import __version__
-from tide.model import Create, Demand, Destroy, Drain, Evacuate, Plan, Resource, State, Undrain
+from tide.model import (
+    Create,
+    Demand,
+    Destroy,
+    Drain,
+    Evacuate,
+    Plan,
+    Resource,
+    State,
+    TellDrain,
+    Undrain,
+)
 
 LOOP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Seconds: a loop on a quiet pool takes milliseconds, one waiting on a slow
 site API can take tens of seconds; anything slower lands in +Inf."""
 
-ACTIONS = ("create", "drain", "undrain", "destroy", "evacuate")
+ACTIONS = ("create", "drain", "tell_drain", "undrain", "destroy", "evacuate")
 """The `action` label values of tide_decisions_total."""
 
 UNKNOWN_SITE = "unknown"
@@ -42,6 +53,7 @@ UNKNOWN_SITE = "unknown"
 _ACTION_NAMES: Mapping[type, str] = {
     Create: "create",
     Drain: "drain",
+    TellDrain: "tell_drain",
     Undrain: "undrain",
     Destroy: "destroy",
     Evacuate: "evacuate",

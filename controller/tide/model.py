@@ -32,15 +32,19 @@ ALIVE = frozenset({State.REQUESTED, State.BOOTING, State.RUNNING, State.DRAINING
 """States that hold (or will hold) capacity at a site."""
 
 TRANSITIONS: Mapping[State, frozenset[State]] = {
-    State.REQUESTED: frozenset({State.BOOTING, State.FAILED, State.STOPPING, State.GONE}),
+    State.REQUESTED: frozenset(
+        {State.BOOTING, State.RUNNING, State.FAILED, State.STOPPING, State.GONE}
+    ),
     State.BOOTING: frozenset({State.RUNNING, State.FAILED, State.STOPPING, State.GONE}),
     State.RUNNING: frozenset({State.DRAINING, State.STOPPING, State.GONE}),
     State.DRAINING: frozenset({State.STOPPING, State.GONE, State.RUNNING}),
     State.STOPPING: frozenset({State.GONE}),
-    State.FAILED: frozenset({State.STOPPING, State.GONE}),
+    State.FAILED: frozenset({State.STOPPING, State.GONE, State.RUNNING}),
     State.GONE: frozenset(),
 }
-"""Allowed moves. DRAINING -> RUNNING undoes a drain that demand overtook."""
+"""Allowed moves. DRAINING -> RUNNING undoes a drain that demand overtook;
+REQUESTED or FAILED -> RUNNING records a slot advertised by a resource
+whose create call never returned or missed its deadline (evidence wins)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,11 @@ class SiteLimits:
     )
     owner_quiet_s: float = 60.0  # a backfill site boots again only after its owners waited
     # for nothing this long (hysteresis: owners' jobs come in bursts)
+    redrain_after_s: float = 60.0  # a draining startd seen not draining this long after it
+    # was told is told again (it restarted and forgot)
+    destroy_retry_max_s: float = (
+        300.0  # failed destroys are retried 2, 4, 8 ... s apart, at most this
+    )
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,7 @@ class Site:
     name: str
     shape: Shape
     limits: SiteLimits
+    retiring: bool = False  # removed from the configuration: no boot, everything given back
 
 
 @dataclass(frozen=True)
@@ -93,22 +103,45 @@ class Demand:
 
 @dataclass(frozen=True)
 class Resource:
-    """One resource the controller owns, as recorded and observed."""
+    """One resource the controller owns: its persisted record (state and the
+    loop's own timers, tide.store) with what this cycle observed about it."""
 
     id: str  # also its TideResourceId and the site's ownership tag
     site: str
     state: State
     state_since: float  # when it entered this state
     created_at: float
-    advertised: bool = False  # its startd is in the collector
-    claimed_slots: int = 0  # dynamic slots running jobs now
+    # --- persisted: the loop's own record (survives a restart) ---
     idle_since: float | None = None  # when it last had no claimed slot; None: busy
     lost_since: float | None = None  # live, but its slot missing from the collector since then
-    drained: bool = False  # its startd reports the drain done: no job left, none can start
-    boot_failed: bool = False  # its site reports the boot failed (it will never register)
     held: bool = False  # drained by an operator (`tide drain`): demand never undoes it
+    drain_requested: bool = False  # an operator asked for a drain the loop has not applied yet
+    drain_request: str | None = None  # the drain its startd accepted (request id); None: not told
+    drain_told_at: float | None = None  # when its startd was last told to drain
+    destroy_failures: int = 0  # failed destroy calls in a row
+    destroy_due: float | None = None  # a failed destroy is not retried before this
+    # --- observed this cycle ---
+    advertised: bool = False  # its startd is in the collector
+    claimed_slots: int = 0  # dynamic slots running jobs now
+    drained: bool = False  # its startd reports the drain done: no job left, none can start
+    draining: bool = False  # its startd reports a drain (in progress or done)
+    boot_failed: bool = False  # its site reports the boot failed (it will never register)
     placed: bool = True  # the site gave it its machine; False: a boot still queued there
     # (a Slurm pilot pending), which holds no node an owner could have
+    listed: bool | None = None  # its site lists it this cycle (None: not asked, or no answer)
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A resource a site lists as this controller's that the store does not
+    know (a lost state file, or an older Tide): adopted with what the site
+    and the pool say about it, then handled as any other."""
+
+    resource_id: str
+    site: str
+    handle: tuple[tuple[str, str], ...]  # what the site needs to find it again
+    advertised: bool = False
+    failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,7 +169,9 @@ class SiteHealth:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Everything a decision needs, observed at `now`."""
+    """Everything a decision needs, observed at `now`: the persisted records
+    with their timers, what the pool and the sites said, and how far each
+    can be trusted."""
 
     now: float
     sites: Mapping[str, Site]
@@ -144,6 +179,17 @@ class Snapshot:
     resources: tuple[Resource, ...]
     health: Mapping[str, SiteHealth] = field(default_factory=dict)
     owners: Mapping[str, Owners] = field(default_factory=dict)  # backfill sites only
+    demand_known: bool = True  # every schedd the pool had recently answered
+    slots_known: bool = True  # the collector answered the slot query
+    listed: frozenset[str] = frozenset()  # sites whose listing answered this cycle
+    busy: frozenset[str] = frozenset()  # sites still busy with an earlier call: left alone
+    orphans: tuple[Orphan, ...] = ()
+    listing_grace_s: float = 120.0  # a boot this young its site does not list is not gone
+
+    @property
+    def safe_to_scale_down(self) -> bool:
+        """Whether what looks idle can be trusted to be idle (see tide.policy)."""
+        return self.demand_known and self.slots_known
 
 
 @dataclass(frozen=True)
@@ -155,6 +201,19 @@ class Create:
 
 @dataclass(frozen=True)
 class Drain:
+    """Record DRAINING, then tell its startd to drain. `held`: an operator's
+    drain, which demand never undoes."""
+
+    resource: str
+    reason: str
+    held: bool = False
+
+
+@dataclass(frozen=True)
+class TellDrain:
+    """Tell a DRAINING resource's startd to drain (again): it never accepted
+    the drain, or it forgot it (restarted)."""
+
     resource: str
     reason: str
 
@@ -182,12 +241,61 @@ class Evacuate:
     reason: str
 
 
-Action = Create | Drain | Undrain | Destroy | Evacuate
+@dataclass(frozen=True)
+class Promote:
+    """Record what the evidence says: a boot its site lists is BOOTING, one
+    whose slot is advertised is RUNNING (whatever the store said)."""
+
+    resource: str
+    to: State
+    reason: str
+
+
+@dataclass(frozen=True)
+class Forget:
+    """Record GONE a resource its site no longer lists."""
+
+    resource: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Record an orphan (tide.model.Orphan) in the state it is in."""
+
+    resource: str
+    site: str
+    state: State
+    handle: tuple[tuple[str, str], ...]
+    reason: str
+
+
+Action = Create | Drain | TellDrain | Undrain | Destroy | Evacuate | Promote | Forget | Adopt
+RECORDS = (Promote, Forget, Adopt)
+"""Actions that only write the store: carried out before any site is called."""
+
+
+@dataclass(frozen=True)
+class HeldBack:
+    """An action the policy would take but withholds, and why (the pool
+    cannot be seen, or the site is busy with an earlier call)."""
+
+    action: Action
+    why: str
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What to do now, and the demand no site can serve (reported, not chased)."""
+    """What to do now, what is held back, and the demand no site can serve
+    (reported, not chased)."""
 
     actions: tuple[Action, ...]
     unmatched: tuple[Demand, ...] = ()
+    held_back: tuple[HeldBack, ...] = ()
+
+
+def action_site(action: Action, site_of: Mapping[str, str]) -> str | None:
+    """The site an action is carried out at (None: a resource `site_of` lacks)."""
+    if isinstance(action, Create | Adopt):
+        return action.site
+    return site_of.get(action.resource)

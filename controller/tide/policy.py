@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tide.model import (
     Action,
@@ -49,6 +49,7 @@ from tide.model import (
     Destroy,
     Drain,
     Evacuate,
+    HeldBack,
     Owners,
     Plan,
     Resource,
@@ -58,6 +59,7 @@ from tide.model import (
     SiteLimits,
     Snapshot,
     State,
+    TellDrain,
     Undrain,
 )
 
@@ -68,14 +70,16 @@ _UNBOUNDED = sys.maxsize  # jobs per machine when a job requests nothing
 def decide(snapshot: Snapshot) -> Plan:
     """What to do now, given everything observed in `snapshot`."""
     now = snapshot.now
-    pools = _classify(snapshot.resources, snapshot.sites, now)
+    resources = tuple(_as_requested(r) for r in snapshot.resources)
+    pools = _classify(resources, snapshot.sites, now)
     evacuations = {
         name: _evacuate(pools[name], owners)
         for name, owners in snapshot.owners.items()
         if name in pools
     }
     may_create = {  # a boot timing out now is a failure too: no Create beside its Destroy
-        name: not _backing_off(site, snapshot.health.get(name), now)
+        name: not site.retiring
+        and not _backing_off(site, snapshot.health.get(name), now)
         and not pools[name].timed_out
         and not _owners_first(site, snapshot.owners.get(name), now)
         for name, site in snapshot.sites.items()
@@ -91,7 +95,96 @@ def decide(snapshot: Snapshot) -> Plan:
         actions += _site_actions(
             snapshot.sites[name], pools[name], packers[name], may_create[name], now
         )
-    return Plan(tuple(actions), tuple(unmatched))
+    actions += _upkeep(resources, snapshot, {_target(a) for a in actions})
+    return _withhold(snapshot, actions, unmatched)
+
+
+def _as_requested(r: Resource) -> Resource:
+    """An operator's drain request is decided as the drain it becomes (held):
+    never undrained, never counted free."""
+    if r.drain_requested and r.state in (State.RUNNING, State.DRAINING):
+        return replace(r, state=State.DRAINING, held=True)
+    return r
+
+
+def _target(action: Action) -> str:
+    return action.site if isinstance(action, Create) else action.resource
+
+
+def _upkeep(resources: Iterable[Resource], snapshot: Snapshot, acted: set[str]) -> list[Action]:
+    """What keeps records and startds in step, beyond demand: operators'
+    drain requests, drains a startd never accepted or forgot, destroys to
+    retry, and failed creates to clean up."""
+    now = snapshot.now
+    actions: list[Action] = []
+    for r in sorted(resources, key=lambda r: r.id):
+        site = snapshot.sites.get(r.site)
+        if site is None or r.id in acted:
+            continue
+        if r.drain_requested and r.state is State.DRAINING:
+            actions.append(Drain(r.id, "operator drain (tide drain)", held=True))
+        elif r.state is State.DRAINING and r.advertised:
+            tell = _retell(r, site.limits, now, snapshot.slots_known)
+            if tell:
+                actions.append(TellDrain(r.id, tell))
+        elif r.state is State.STOPPING and (r.destroy_due is None or now >= r.destroy_due):
+            actions.append(Destroy(r.id, "retry: still to destroy"))
+        elif r.state is State.FAILED and not r.advertised:
+            actions.append(Destroy(r.id, "failed: cleaned up at the site"))
+    return actions
+
+
+def _retell(r: Resource, limits: SiteLimits, now: float, slots_known: bool) -> str | None:
+    """Why a draining startd must be told to drain again, or None."""
+    if r.drain_request is None:
+        return "drain not yet accepted: told again"
+    if r.drain_request == "" or not slots_known or r.draining or r.drained:
+        return None  # withdrawn (a site that cannot drain), or it drains
+    told = r.drain_told_at
+    if told is not None and now - told >= limits.redrain_after_s:
+        return f"startd not draining {now - told:.0f}s after it was told (restarted?): told again"
+    return None
+
+
+def _withhold(snapshot: Snapshot, actions: list[Action], unmatched: list[Demand]) -> Plan:
+    """The plan, less what must wait: every action at a site still busy with
+    an earlier call, and the scale-down when the observation cannot be
+    trusted (a schedd or the collector did not answer: what looks idle may
+    be busy or needed; an outage of the pool's daemons never costs a live
+    resource). Scale-up, undrains, evacuations for the owners, operators'
+    drains, boots that never registered and destroys already under way
+    still go ahead."""
+    by_id = {r.id: r for r in snapshot.resources}
+    kept: list[Action] = []
+    held: list[HeldBack] = []
+    for action in actions:
+        r = None if isinstance(action, Create) else by_id.get(action.resource)
+        site = action.site if isinstance(action, Create) else (r.site if r else None)
+        if site in snapshot.busy:
+            held.append(HeldBack(action, f"site {site} still busy with an earlier call"))
+        elif not snapshot.safe_to_scale_down and _scales_down(action, r):
+            held.append(HeldBack(action, _blind(snapshot)))
+        else:
+            kept.append(action)
+    return Plan(tuple(kept), tuple(unmatched), tuple(held))
+
+
+def _scales_down(action: Action, r: Resource | None) -> bool:
+    if isinstance(action, Drain):
+        return not action.held
+    if not isinstance(action, Destroy) or r is None:
+        return False
+    if r.state in (State.STOPPING, State.FAILED):
+        return False  # under way already, or never came up
+    if r.state in _BOOTS and not r.advertised:
+        return False  # a boot that never registered
+    return not (r.held and r.drained)  # an operator's drain, done
+
+
+def _blind(snapshot: Snapshot) -> str:
+    if not snapshot.slots_known:
+        return "scale-down withheld: the collector's slots are unknown"
+    return "scale-down withheld: a schedd did not answer, demand is unknown"
 
 
 @dataclass
@@ -105,6 +198,7 @@ class _Pool:
     drained: list[Resource] = field(default_factory=list)  # to destroy: nothing runs there
     lost: list[Resource] = field(default_factory=list)  # no slot advertised for lost_timeout_s
     busy: list[Resource] = field(default_factory=list)  # jobs running, or may be: fully used
+    leaving: list[Resource] = field(default_factory=list)  # stopping or failed: no quota held
 
     @property
     def occupied(self) -> int:
@@ -134,16 +228,20 @@ def _classify(
             expired = not r.advertised and (r.boot_failed or now - r.state_since >= timeout)
             (pool.timed_out if expired else pool.booting).append(r)
         elif r.state in (State.RUNNING, State.DRAINING):
-            _classify_live(pool, r, sites[r.site].limits, now)
+            _classify_live(pool, r, sites[r.site], now)
+        else:
+            pool.leaving.append(r)
     return pools
 
 
-def _classify_live(pool: _Pool, r: Resource, limits: SiteLimits, now: float) -> None:
-    """A running or draining resource, by what it can do for demand now."""
-    withdrawn = r.state is State.DRAINING and r.drained  # by us, for a site that cannot drain
-    if not r.advertised and not withdrawn:  # gone from the collector: dead, or it restarted
+def _classify_live(pool: _Pool, r: Resource, site: Site, now: float) -> None:
+    """A running or draining resource, by what it can do for demand now. Only
+    evidence gives a resource back: an ad whose every slot is Drained, or no
+    ad for `lost_timeout_s` from a collector that answers; a missing ad is
+    never taken for an idle machine."""
+    if not r.advertised:  # gone from the collector: dead, or it (or the collector) restarted
         lost_for = None if r.lost_since is None else now - r.lost_since
-        if lost_for is not None and lost_for >= limits.lost_timeout_s:
+        if lost_for is not None and lost_for >= site.limits.lost_timeout_s:
             pool.lost.append(r)
         else:
             pool.busy.append(r)  # may be running jobs: kept, and never counted free
@@ -151,7 +249,7 @@ def _classify_live(pool: _Pool, r: Resource, limits: SiteLimits, now: float) -> 
         pool.busy.append(r)
     elif r.state is State.RUNNING:
         pool.idle.append(r)
-    elif r.held:
+    elif r.held or site.retiring:
         if r.drained:
             pool.drained.append(r)
         else:
@@ -192,7 +290,10 @@ def _evacuate(pool: _Pool, owners: Owners) -> list[Action]:
         if not r.placed
     ]
     pool.booting = [r for r in pool.booting if r.placed]
-    freeing = sum(r.placed for r in pool.timed_out) + len(pool.drained) + len(pool.lost)
+    # Pilots told to go that their site still lists hold their nodes while
+    # HTCondor vacates them: on their way back, never given twice.
+    vacating = sum(1 for r in pool.leaving if r.placed and r.listed is not False)
+    freeing = sum(r.placed for r in pool.timed_out) + len(pool.drained) + len(pool.lost) + vacating
     owners_lack = owners.pending_nodes - owners.free_nodes - freeing if waiting else 0
     lacking = max(0, owners_lack) + owners.evacuate_nodes
     if lacking <= 0:
@@ -231,6 +332,8 @@ def _room(site: Site, pool: _Pool, can_create: bool) -> int:
     """Machines of this site that idle demand may fill: its quota less the
     busy ones. A site in backoff offers only what it already has, so its
     share of multi-site demand spills over to the next site."""
+    if site.retiring:
+        return 0
     room = max(0, site.limits.max_resources - pool.occupied)
     return room if can_create else min(room, pool.usable)
 
@@ -361,11 +464,20 @@ def _site_actions(
         for r in spare_draining
         if r.drained
     ]
-    actions += [
-        Drain(r.id, f"idle {now - r.idle_since:.0f}s, unneeded: {demand}, {len(idle)} idle")
-        for r in spare_idle
-        if r.idle_since is not None and now - r.idle_since >= limits.idle_timeout_s
-    ]
+    if site.retiring:  # removed from the configuration: everything given back
+        retire = "site removed from the configuration: given back"
+        actions += [Drain(r.id, retire) for r in spare_idle]
+        actions += [
+            Drain(r.id, retire)
+            for r in sorted(pool.busy, key=lambda r: r.id)
+            if r.state is State.RUNNING and r.advertised
+        ]
+    else:
+        actions += [
+            Drain(r.id, f"idle {now - r.idle_since:.0f}s, unneeded: {demand}, {len(idle)} idle")
+            for r in spare_idle
+            if r.idle_since is not None and now - r.idle_since >= limits.idle_timeout_s
+        ]
     actions += [Undrain(r.id, f"demand returned: {demand}") for r in undrain]
     if left > 0 and can_create:
         # The room already keeps the site within its quota; checked again for safety.

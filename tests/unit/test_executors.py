@@ -30,6 +30,8 @@ import asyncssh
 import pytest
 
 from tide.executors import (
+    LOCAL_ENVIRONMENT,
+    CommandTimedOut,
     Completed,
     Executor,
     ExecutorError,
@@ -128,6 +130,36 @@ def test_local_timeout_kills_the_command_and_what_it_started(tmp_path: Path) -> 
     assert time.monotonic() - started < 250  # it did not wait for the sleep
     child = int(poll("the child's pid", lambda: pid_file.read_text().strip() or None))
     poll("the orphaned sleep to be killed", lambda: _gone_or_zombie(child) or None)
+
+
+def test_local_timeout_is_a_command_timed_out() -> None:
+    error = error_of(LocalExecutor(), ["sleep", "300"], timeout_s=0.5)
+    assert isinstance(error, CommandTimedOut)
+    assert error.retryable
+
+
+def test_local_commands_do_not_see_the_daemons_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The daemon's CONDOR_CONFIG names its private token folder; SBATCH_* would
+    # change what sbatch does. Neither may reach a command.
+    monkeypatch.setenv("CONDOR_CONFIG", "/secret/condor_config")
+    monkeypatch.setenv("SBATCH_EXPORT", "ALL")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    done = LocalExecutor().run(["env"])
+    env = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    assert "CONDOR_CONFIG" not in env
+    assert "SBATCH_EXPORT" not in env
+    assert "/secret" not in done.stdout
+    assert env["HOME"] == str(tmp_path)  # what a command needs stays
+    assert env["PATH"] == os.environ["PATH"]
+    assert set(env) <= {*LOCAL_ENVIRONMENT, "PWD", "SHLVL", "_"}
+
+
+def test_local_commands_without_a_path_get_the_default_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PATH")
+    done = LocalExecutor().run(["env"])
+    assert f"PATH={os.defpath}\n" in done.stdout
 
 
 def test_local_missing_binary_is_a_clear_non_retryable_error() -> None:
@@ -459,6 +491,7 @@ def test_ssh_timeout_is_retryable_and_closes_the_session(
 ) -> None:
     error = error_of(ssh, ["sleep", "300"], timeout_s=1.0)
     assert error.retryable
+    assert isinstance(error, CommandTimedOut)
     assert "sleep 300 on tide@127.0.0.1:" in str(error)
     assert "timed out after 1 s" in str(error)
     poll("the server to kill the command", lambda: server.killed == 1 or None)

@@ -193,6 +193,12 @@ class World:
         return {r.id: r.state for r in self.store.all()}
 
 
+def _drain_request(store: Store, rid: str) -> str | None:
+    r = store.get(rid)
+    assert r is not None
+    return r.drain_request
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     with Store.open(tmp_path / "state.sqlite3") as s:
@@ -374,8 +380,12 @@ def test_reconcile_vanished_and_orphans(store: Store) -> None:
     w.controller.reconcile()
     assert w.states()["tide-a-00000001"] is State.GONE
     assert store.history("tide-a-00000001")[-1].reason.startswith("vanished")
-    assert site.destroyed == ["tide-a-99999999"]
-    assert store.get("tide-a-99999999") is None  # an orphan is not recorded
+    # An orphan (a lost state file, an older Tide) may run jobs: it is adopted
+    # with what its site says (here: not advertised, so booting), never
+    # destroyed at once; its handle is recorded for its destroy.
+    assert site.destroyed == []
+    assert w.states()["tide-a-99999999"] is State.BOOTING
+    assert store.detail("tide-a-99999999") == {"server_id": "x"}
 
 
 def test_reconcile_keeps_listed_resources(store: Store) -> None:
@@ -470,7 +480,7 @@ def test_drain_tells_the_startd_and_waits_for_it(store: Store) -> None:
     w.controller.cycle()  # drain: written DRAINING, then the startd is told
     assert w.states()[rid] is State.DRAINING
     assert w.startds.drains == [rid]
-    assert store.detail(rid)["drain_request"] == "req-1"
+    assert _drain_request(store, rid) == "req-1"
     # A job matched just before the drain: the startd keeps running it.
     w.slots.slots[rid] = SlotState(True, 1, drained=False)
     w.controller.cycle()
@@ -488,7 +498,7 @@ def test_a_failed_startd_drain_is_told_again(store: Store) -> None:
     w.clock.now += 100
     w.controller.cycle()
     assert w.states()[rid] is State.DRAINING
-    assert store.detail(rid).get("drain_request") is None
+    assert _drain_request(store, rid) is None
     w.controller.cycle()  # still failing: not destroyed, the startd is not drained
     assert w.states()[rid] is State.DRAINING
     w.startds.fail = None
@@ -515,14 +525,13 @@ def test_undrain_cancels_the_startd_drain_before_recording_running(store: Store)
     w.controller.cycle()
     assert w.startds.cancels == [(rid, "req-1")]
     assert w.states()[rid] is State.RUNNING
-    assert store.detail(rid).get("drain_request") is None
+    assert _drain_request(store, rid) is None
 
 
 def test_an_operator_drain_is_carried_out_and_not_undone(store: Store) -> None:
     w, rid = running_world(store)
     w.slots.slots[rid] = SlotState(True, 1)  # busy: the operator drains it anyway
-    store.set_detail(rid, "held", True)
-    store.move(rid, State.DRAINING, w.clock.now, "operator drain (tide drain)")
+    store.request_drain(rid, w.clock.now)  # as `tide drain` does
     w.want(1)
     w.controller.cycle()
     assert w.startds.drains == [rid]  # the daemon told its startd
@@ -622,7 +631,7 @@ def test_a_site_that_cannot_drain_gets_its_slot_withdrawn_first(store: Store) ->
     w.controller.cycle()  # drain: its ads leave the collector, no new match there
     assert w.states()[rid] is State.DRAINING
     assert w.slots.withdrawn == [rid]
-    assert store.detail(rid)["drain_request"] == ""
+    assert _drain_request(store, rid) == ""
     w.slots.slots[rid] = SlotState(True, 1)  # a job matched just before: it shows up
     w.controller.cycle()
     assert w.states()[rid] is State.DRAINING  # kept while the job runs
@@ -639,19 +648,30 @@ def test_a_failed_withdrawal_is_told_again_next_cycle(store: Store) -> None:
     w.clock.now += 100
     w.controller.cycle()
     assert w.states()[rid] is State.DRAINING
-    assert store.detail(rid).get("drain_request") is None
+    assert _drain_request(store, rid) is None
     w.slots.fail_withdraw = None
     w.controller.cycle()  # told again, and this time withdrawn
     assert w.slots.withdrawn == [rid, rid]
-    assert store.detail(rid)["drain_request"] == ""
+    assert _drain_request(store, rid) == ""
 
 
-def test_a_withdrawn_idle_slot_is_given_back_next_cycle(store: Store) -> None:
+def test_a_withdrawn_slot_is_given_back_only_on_evidence(store: Store) -> None:
+    # Issue 11, point 1: the withdrawal also removes the claimed dynamic
+    # slots, so a missing ad is no evidence that no job runs there.
     w, rid = running_world(store)
     w.startds.can_drain = False
     w.clock.now += 100
     w.controller.cycle()
     assert rid not in w.slots.slots  # withdrawn: the collector no longer has it
+    for _ in range(3):
+        w.clock.now += 10
+        w.controller.cycle()
+        assert w.states()[rid] is State.DRAINING  # no ad: not taken for idle
+    assert not w.sites["a"].destroyed
+    w.slots.slots[rid] = SlotState(True, 1)  # the startd's next update: a job runs
+    w.controller.cycle()
+    assert w.states()[rid] is State.DRAINING
+    w.slots.slots[rid] = SlotState(True, 0)  # seen again with no claimed slot: done
     w.controller.cycle()
     assert w.states()[rid] is State.GONE
 
@@ -688,9 +708,14 @@ def test_waiting_owners_get_the_least_busy_resource_back(store: Store) -> None:
     assert [type(a).__name__ for a in plan.actions] == ["Evacuate"]
     assert w.slots.withdrawn == [r2]  # no new match there, before its destroy
     assert site.destroyed == [r2]
-    assert w.states()[r2] is State.GONE
+    # Told to go, it holds its node while HTCondor vacates its jobs: STOPPING
+    # until its site no longer lists it (issue 11, point 4).
+    assert w.states()[r2] is State.STOPPING
     assert w.states()[r1] is State.RUNNING
     assert len(site.created) == 2  # no boot while owners wait
+    w.clock.now += 1
+    w.controller.cycle()
+    assert w.states()[r2] is State.GONE  # its site lists it no more
 
 
 def test_boots_resume_after_the_owners_quiet_time(store: Store) -> None:
@@ -725,8 +750,7 @@ def test_an_unreadable_owner_queue_blocks_boots_and_evacuates_nothing(store: Sto
 
 def test_an_operator_evacuation_is_done_once_and_pauses_the_site(store: Store) -> None:
     w, site, rids = backfill_world(store, busy=(1, 0))
-    store.set_site_detail("a", "evacuate", "all")
-    store.set_site_detail("a", "paused", True)
+    store.request_evacuate("a", None)  # as `tide evacuate` does
     w.clock.now += 1
     w.controller.cycle()
     assert sorted(site.destroyed) == sorted(rids)
@@ -735,7 +759,7 @@ def test_an_operator_evacuation_is_done_once_and_pauses_the_site(store: Store) -
     w.clock.now += 1000
     w.controller.cycle()
     assert len(site.created) == 2  # paused: no boot until `tide resume`
-    store.set_site_detail("a", "paused", False)
+    store.request_resume("a")
     w.controller.cycle()
     assert len(site.created) == 4
 

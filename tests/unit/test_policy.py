@@ -99,12 +99,23 @@ def idle(rid: str, *, for_s: float = 10, site: str = "a") -> Resource:
 
 
 def busy(rid: str, *, site: str = "a", state: State = State.RUNNING) -> Resource:
-    return res(rid, state, site=site, advertised=True, claimed=2)
+    r = res(rid, state, site=site, advertised=True, claimed=2)
+    if state is State.DRAINING:  # its startd accepted the drain and drains
+        r = replace(r, drain_request="req-1", drain_told_at=NOW - 5, draining=True)
+    return r
 
 
 def draining(rid: str, *, site: str = "a", drained: bool = True, held: bool = False) -> Resource:
+    """A draining resource whose startd accepted the drain 5 s ago."""
     r = res(rid, State.DRAINING, site=site, advertised=True, idle_since=NOW - 5)
-    return replace(r, drained=drained, held=held)
+    return replace(
+        r,
+        drained=drained,
+        held=held,
+        drain_request="req-1",
+        drain_told_at=NOW - 5,
+        draining=True,
+    )
 
 
 def snap(
@@ -255,7 +266,8 @@ def test_failed_and_gone_resources_hold_no_quota() -> None:
         res("g1", State.GONE),
     )
     plan = decide(snap(sites=(site(max_resources=2),), demand=(jobs(16),), resources=resources))
-    assert bare(plan) == [("create", "a", 2)]
+    # ... and the plan cleans them up: a failed create and a destroy to retry.
+    assert bare(plan) == [("create", "a", 2), ("destroy", "f1", None), ("destroy", "s1", None)]
 
 
 @pytest.mark.parametrize(
@@ -330,6 +342,8 @@ def test_the_longest_idle_is_drained_first() -> None:
 @pytest.mark.parametrize("state", [State.RUNNING, State.DRAINING])
 def test_busy_resources_are_never_drained_or_destroyed(state: State) -> None:
     long_busy = res("x", state, since=NOW - 1e6, advertised=True, claimed=1, idle_since=NOW - 1e6)
+    if state is State.DRAINING:  # its startd accepted the drain
+        long_busy = replace(long_busy, drain_request="req-1", drain_told_at=NOW - 5, draining=True)
     assert decide(snap(resources=(long_busy,))).actions == ()
 
 

@@ -8,10 +8,13 @@ classes, built the way the SDK builds them from a cloud's response."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Iterator
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -25,8 +28,18 @@ from openstack import exceptions as os_exceptions
 from openstack.compute.v2.server import Server
 from openstack.connection import Connection
 
+from tests.doubles.fake_openstack import FakeOpenStack
+from tests.doubles.fake_openstack_base import Reply
 from tide.config import OpenStackSiteConfig
-from tide.sites.base import Owned, PoolEndpoint, QuotaExceeded, SiteAdapter, SiteError
+from tide.sites import openstack as openstack_site
+from tide.sites.base import (
+    DeadlineExceeded,
+    Owned,
+    PoolEndpoint,
+    QuotaExceeded,
+    SiteAdapter,
+    SiteError,
+)
 from tide.sites.openstack import USER_DATA_MAX, WORKER_IMAGE, OpenStackSite
 
 TOP = Path(__file__).resolve().parents[2]
@@ -728,3 +741,249 @@ def test_destroy_during_an_outage_is_retryable() -> None:
 def test_the_site_is_a_site_adapter() -> None:
     adapter: SiteAdapter = _site(FakeConnection())  # checked by mypy
     assert adapter.name == "cloud"
+
+
+# --- deadlines: a cloud that never answers ------------------------------------------
+#
+# These run the real openstacksdk (made by tide.assemble.build_adapter, as the
+# daemon makes it) against servers on 127.0.0.1: a socket that accepts and
+# never answers, and the fake cloud of tests/doubles with a Nova that hangs.
+
+DEADLINE_S = 60.0
+"""How long a test waits for a call that must time out: far over its API timeout."""
+
+
+class Silent:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self._held.append(self._sock.accept()[0])
+
+    def close(self) -> None:
+        self._sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+def _within(deadline_s: float, call: Callable[[], object]) -> BaseException | None:
+    """Run call in a thread; the exception it raised, None if it returned. Fails
+    the test if it is still running after deadline_s (a hung call)."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(deadline_s)
+    if thread.is_alive():
+        pytest.fail(f"the call was still running after {deadline_s:g} s: no deadline")
+    return outcome[0]
+
+
+def _clouds_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, document: object) -> None:
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text(yaml.safe_dump(document))
+    clouds.chmod(0o600)
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+
+
+def _built_site(tmp_path: Path) -> SiteAdapter:
+    """The site as the daemon builds it. (tide.assemble is imported here: it
+    imports the controller's loop, which the adapters' tests need not.)"""
+    from tide.assemble import build_adapter  # noqa: PLC0415
+
+    token = tmp_path / "worker.token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    return build_adapter("cloud", _config(worker_token_file=str(token)), owner=OWNER, pool=POOL)
+
+
+def test_a_cloud_that_never_answers_is_a_deadline_exceeded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    silent = Silent()
+    try:
+        auth = {
+            "auth_url": f"http://127.0.0.1:{silent.port}/v3",
+            "username": "tide",
+            "password": "not-a-secret",
+            "project_name": "physics",
+            "user_domain_name": "Default",
+            "project_domain_name": "Default",
+        }
+        _clouds_yaml(
+            tmp_path,
+            monkeypatch,
+            {"clouds": {"mycloud": {"auth": auth, "region_name": "R", "identity_api_version": 3}}},
+        )
+        monkeypatch.setattr(openstack_site, "API_TIMEOUT_S", 0.5)
+        site = _built_site(tmp_path)  # contacts nothing
+        error = _within(DEADLINE_S, site.list_owned)
+    finally:
+        silent.close()
+    assert isinstance(error, DeadlineExceeded), error
+    assert error.retryable
+    assert str(error).startswith("site cloud: listing servers: no answer within the deadline")
+
+
+class NoHypervisor:
+    """The fake cloud's servers run nowhere (no server is booted here)."""
+
+    def boot(self, server_id: str, user_data: bytes | None) -> None:
+        raise AssertionError("no boot expected")
+
+    def destroy(self, server_id: str) -> None:
+        pass
+
+
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class HungNova(FakeOpenStack):
+    """The fake cloud; Keystone answers, Nova's server listing never does.
+    (Its handler threads wait for good: they are daemon threads.)"""
+
+    never = threading.Event()
+
+    def handle(self, method: str, target: str, headers: Mapping[str, str], raw: bytes) -> Reply:
+        if target.startswith("/compute/v2.1/servers"):
+            self.never.wait()
+        return super().handle(method, target, headers, raw)
+
+
+def test_a_hung_nova_call_is_a_deadline_exceeded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with HungNova(NoHypervisor(), port=_free_port()) as cloud:
+        _clouds_yaml(tmp_path, monkeypatch, cloud.clouds_yaml("mycloud"))
+        monkeypatch.setattr(openstack_site, "API_TIMEOUT_S", 1.0)
+        site = _built_site(tmp_path)
+        error = _within(DEADLINE_S, site.list_owned)
+        assert cloud.recorded("POST /v3/auth/tokens")  # authenticated, then Nova hung
+    assert isinstance(error, DeadlineExceeded), error
+    assert error.retryable
+    assert "listing servers" in str(error)
+
+
+def test_the_daemon_connects_with_an_api_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeOpenStack(NoHypervisor(), port=_free_port()) as cloud:
+        _clouds_yaml(tmp_path, monkeypatch, cloud.clouds_yaml("mycloud"))
+        site = _built_site(tmp_path)
+        assert isinstance(site, OpenStackSite)
+        session = site._conn.session
+        assert session.timeout == openstack_site.API_TIMEOUT_S == 30.0
+        assert site.list_owned() == []  # and it works
+
+
+def test_an_unknown_cloud_is_a_site_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _clouds_yaml(tmp_path, monkeypatch, {"clouds": {}})
+    with pytest.raises(SiteError, match=r"site cloud: sites\.cloud\.cloud: .*mycloud") as caught:
+        _built_site(tmp_path)
+    assert not caught.value.retryable
+
+
+# --- malformed answers ----------------------------------------------------------------
+
+MINE = {"tide-owner": OWNER, "tide-site": "cloud"}
+
+
+def test_a_server_without_metadata_is_not_ours() -> None:
+    conn = FakeConnection()
+    conn.servers = [FakeServer("srv-1", "bastion", "ACTIVE", None)]
+    assert _site(conn).list_owned() == []
+
+
+@pytest.mark.parametrize(
+    ("server", "problem"),
+    [
+        (
+            FakeServer("srv-1", "x", "ACTIVE", cast(Any, ["tide-owner", OWNER])),
+            "metadata is a list",
+        ),
+        (FakeServer(cast(Any, None), RID, "ACTIVE", MINE), "has no id"),
+        (FakeServer("", RID, "ACTIVE", MINE), "has no id"),
+        (FakeServer("srv-1", cast(Any, None), "ACTIVE", MINE), "neither a name nor a resource id"),
+        (
+            FakeServer("srv-1", RID, "ACTIVE", {**MINE, "tide-resource-id": cast(Any, 7)}),
+            "tide-resource-id is not a string",
+        ),
+    ],
+)
+def test_a_malformed_server_listing_is_a_site_error(server: FakeServer, problem: str) -> None:
+    conn = FakeConnection()
+    conn.servers = [server]
+    with pytest.raises(SiteError) as caught:
+        _site(conn).list_owned()
+    message = str(caught.value)
+    assert message.startswith("site cloud: listing servers: malformed answer from the cloud: ")
+    assert problem in message
+    assert caught.value.retryable
+
+
+@pytest.mark.parametrize("failure", [KeyError("servers"), TypeError("not a mapping")])
+def test_the_sdk_failing_on_a_malformed_answer_is_a_site_error(failure: Exception) -> None:
+    conn = FakeConnection()
+    conn.fail["compute.servers"] = failure
+    with pytest.raises(SiteError, match="listing servers: malformed answer") as caught:
+        _site(conn).list_owned()
+    assert caught.value.retryable
+
+
+def test_a_lookup_without_an_id_is_a_site_error() -> None:
+    conn = FakeConnection()
+    conn.flavors = {"flv": FakeFound(cast(Any, None), "m1.large")}
+    with pytest.raises(SiteError, match="looking up the flavor: malformed answer"):
+        _site(conn).create(RID)
+    assert not conn.called("compute.create_server")
+
+
+class GarbledNova(FakeOpenStack):
+    """The fake cloud, its server listing replaced by `listing`."""
+
+    listing: object = None
+
+    def handle(self, method: str, target: str, headers: Mapping[str, str], raw: bytes) -> Reply:
+        if method == "GET" and target.startswith("/compute/v2.1/servers/detail"):
+            return Reply(200, self.listing)
+        return super().handle(method, target, headers, raw)
+
+
+@pytest.mark.parametrize(
+    "listing",
+    [
+        {"servers": "garbage"},
+        {"no-servers": []},
+        {"servers": [{"id": "srv-1", "name": None, "metadata": MINE}]},
+        {"servers": [{"id": None, "name": RID, "metadata": MINE}]},
+    ],
+)
+def test_a_garbled_nova_listing_through_the_real_sdk_is_a_site_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listing: object
+) -> None:
+    cloud = GarbledNova(NoHypervisor(), port=_free_port())
+    cloud.listing = listing
+    with cloud:
+        _clouds_yaml(tmp_path, monkeypatch, cloud.clouds_yaml("mycloud"))
+        site = _built_site(tmp_path)
+        with pytest.raises(SiteError, match="site cloud: listing servers: ") as caught:
+            site.list_owned()
+    assert caught.value.retryable

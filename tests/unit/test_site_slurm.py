@@ -1,22 +1,27 @@
 """The Slurm backfill site's pure parts: its configuration, the owners'
 queue parsed from squeue/sinfo output, and the pilot script it renders
-(checked by bash itself). Its calls to Slurm are tested on the lab's real
-cluster (tests/integration/test_site_slurm.py)."""
+(checked by bash itself); and at the edge of its calls, with an executor
+answering as Slurm would (or the real LocalExecutor running a stand-in
+squeue that hangs): the deadline of every command, sbatch's --export=NONE,
+and malformed output as a SiteError. Its calls to a real Slurm are tested
+on the lab's cluster (tests/integration/test_site_slurm.py)."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import textwrap
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 from tide.config import ConfigError, SlurmBackfillSiteConfig, load_config
-from tide.executors import Completed
+from tide.executors import CommandTimedOut, Completed, LocalExecutor
 from tide.model import Shape
-from tide.sites.base import OwnerQueue, PoolEndpoint
+from tide.sites.base import DeadlineExceeded, OwnerQueue, PoolEndpoint, SiteError
 from tide.sites.slurm import SlurmBackfillSite, ending_nodes, owner_queue_from
 
 CONFIG = """\
@@ -129,7 +134,7 @@ def test_an_empty_queue_waits_for_nothing() -> None:
 
 def test_nodes_of_jobs_about_to_end_count_as_coming_back() -> None:
     # Being preempted (GraceTime 5 s), its walltime nearly up, and three that
-    # keep their nodes; UNLIMITED and unparsable lines count for nothing.
+    # keep their nodes; Slurm's words for no limit (UNLIMITED, INVALID) count for nothing.
     running = "1|0:05\n2|30\n1|1:00:00\n1|2-00:00:10\n1|UNLIMITED\n1|INVALID\n"
     assert ending_nodes(running) == 3
 
@@ -262,3 +267,185 @@ def _settings(script: str) -> Mapping[str, str]:
             key, value = line.split(" = ", 1)
             out[key] = value
     return out
+
+
+# --- the calls: deadlines, environment, malformed answers --------------------------
+
+
+class Scripted(NoExecutor):
+    """Answers each command from `answers` (by its first word; "sh" is the
+    token staging), recording every argv and its timeout."""
+
+    def __init__(self, answers: Mapping[str, str | Exception]) -> None:
+        self.answers = dict(answers)
+        self.calls: list[tuple[tuple[str, ...], float]] = []
+
+    def run(
+        self, argv: Sequence[str], *, stdin: str | None = None, timeout_s: float = 30.0
+    ) -> Completed:
+        self.calls.append((tuple(argv), timeout_s))
+        answer = self.answers.get(argv[0], "")
+        if isinstance(answer, Exception):
+            raise answer
+        return Completed(tuple(argv), 0, answer, "")
+
+
+STAGED = {"sh": "/home/tide/.tide\n"}
+
+
+def test_pilots_are_submitted_with_none_of_the_controllers_environment(tmp_path: Path) -> None:
+    executor = Scripted({**STAGED, "sbatch": "4242\n"})
+    assert _site(tmp_path, executor).create("tide-maxwell-0000abcd") == {"job_id": "4242"}
+    (sbatch,) = [argv for argv, _ in executor.calls if argv[0] == "sbatch"]
+    assert "--export=NONE" in sbatch
+    assert not [arg for arg in sbatch if arg.startswith("--export") and arg != "--export=NONE"]
+
+
+def test_the_pilot_sets_its_own_path_and_home(tmp_path: Path) -> None:
+    """With --export=NONE a job may start with next to no environment: the
+    script's first lines give it a standard PATH and the user's HOME."""
+    script = _site(tmp_path).script("tide-maxwell-0000abcd")
+    prologue = script.split("\ntoken=", 1)[0]
+    probe = prologue + '\nprintf "%s\\n%s\\n" "$PATH" "$HOME"\n'
+    done = subprocess.run(
+        ["/usr/bin/env", "-i", "/bin/bash", "-s"],
+        input=probe,
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    path, home = done.stdout.splitlines()
+    assert {"/usr/bin", "/bin", "/usr/sbin"} <= set(path.split(":"))
+    assert home.startswith("/")  # the user's, from the passwd entry
+
+
+def test_every_slurm_command_has_the_configured_deadline(tmp_path: Path) -> None:
+    executor = Scripted({**STAGED, "sbatch": "4242\n"})
+    site = _site(tmp_path, executor)
+    site.create("tide-maxwell-0000abcd")
+    site.list_owned()
+    site.owner_queue()
+    site.destroy("tide-maxwell-0000abcd", {"job_id": "4242"})
+    timeout = _config(tmp_path).command_timeout_s
+    assert {argv[0] for argv, _ in executor.calls} == {"sh", "sbatch", "squeue", "sinfo", "scancel"}
+    assert {t for _, t in executor.calls} == {timeout}
+
+
+def test_a_hung_slurm_command_is_killed_and_a_deadline_exceeded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real squeue that never answers, run by the real LocalExecutor."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text("#!/bin/sh\nexec sleep 300\n")
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    site = _site(tmp_path, LocalExecutor())  # type: ignore[arg-type]
+    site._config = _config(
+        tmp_path,
+        CONFIG.replace(
+            "partition: backfill\n", "partition: backfill\n    command_timeout_s: 0.5\n", 1
+        ),
+    )
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="site maxwell: listing pilots") as caught:
+        site.list_owned()
+    assert caught.value.retryable
+    assert time.monotonic() - started < 60  # not the 300 s of the sleep
+
+
+def test_a_command_timeout_over_ssh_is_a_deadline_exceeded_too(tmp_path: Path) -> None:
+    executor = Scripted({"squeue": CommandTimedOut("squeue on tide@login: timed out after 30 s")})
+    with pytest.raises(DeadlineExceeded) as caught:
+        _site(tmp_path, executor).owner_queue()
+    assert caught.value.retryable
+
+
+OURS = "tide-owner=tide-lab tide-site=maxwell"
+
+
+@pytest.mark.parametrize(
+    ("output", "problem"),
+    [
+        ("garbage\n", "JOBID|NAME|STATE|COMMENT"),
+        ("77|tide-maxwell-1|RUNNING\n", "JOBID|NAME|STATE|COMMENT"),
+        (f"x77|tide-maxwell-1|RUNNING|{OURS}\n", "numeric id"),
+        (f"77||RUNNING|{OURS}\n", "numeric id"),
+        (f"²|tide-maxwell-1|RUNNING|{OURS}\n", "numeric id"),
+    ],
+)
+def test_a_malformed_pilot_listing_is_a_site_error(
+    tmp_path: Path, output: str, problem: str
+) -> None:
+    site = _site(tmp_path, Scripted({"squeue": f"5|someone-elses|PENDING|other\n{output}"}))
+    with pytest.raises(SiteError) as caught:
+        site.list_owned()
+    message = str(caught.value)
+    assert message.startswith("site maxwell: listing pilots: squeue printed line 2 ")
+    assert problem in message
+    assert caught.value.retryable
+
+
+def test_other_jobs_fields_are_not_checked(tmp_path: Path) -> None:
+    listing = f"5_[1-3]|a|PENDING|\n6|b|RUNNING|whatever\n77|tide-maxwell-1|RUNNING|{OURS}\n"
+    owned = _site(tmp_path, Scripted({"squeue": listing})).list_owned()
+    assert [(o.resource_id, o.details, o.placed) for o in owned] == [
+        ("tide-maxwell-1", {"job_id": "77"}, True)
+    ]
+
+
+@pytest.mark.parametrize("printed", ["", "Submitted batch job 12\n", "12x\n", "²\n"])
+def test_sbatch_printing_no_job_id_is_a_site_error(tmp_path: Path, printed: str) -> None:
+    site = _site(tmp_path, Scripted({**STAGED, "sbatch": printed}))
+    with pytest.raises(
+        SiteError, match=r"site maxwell: submitting pilot \S+: sbatch printed no job id"
+    ):
+        site.create("tide-maxwell-0000abcd")
+
+
+@pytest.mark.parametrize(
+    ("answers", "problem"),
+    [
+        ({"squeue": "11|1|Resources\n"}, "squeue printed line 1 '11|1|Resources'"),
+        ({"squeue": "11|one|Resources|owner\n"}, "squeue printed line 1"),
+        ({"squeue": "11|-1|Resources|owner\n"}, "JOBID|NODES|REASON|PARTITION"),
+        ({"sinfo": "max-001 idle\n"}, "sinfo printed line 1 'max-001 idle', not NODE|STATE"),
+        ({"sinfo": "max-001|idle|extra\n"}, "sinfo printed line 1"),
+    ],
+)
+def test_a_malformed_owners_queue_is_a_site_error(
+    tmp_path: Path, answers: dict[str, str], problem: str
+) -> None:
+    site = _site(tmp_path, Scripted(answers))
+    with pytest.raises(SiteError) as caught:
+        site.owner_queue()
+    assert str(caught.value).startswith("site maxwell: reading the owners' queue: ")
+    assert problem in str(caught.value)
+    assert caught.value.retryable
+
+
+@pytest.mark.parametrize("running", ["1\n", "x|0:05\n", "1|5 minutes\n", "1|1:2:3:4\n"])
+def test_malformed_time_left_is_a_value_error(running: str) -> None:
+    with pytest.raises(ValueError, match=r"squeue printed line 1 .*NODES\|TIME_LEFT"):
+        ending_nodes(running)
+
+
+def test_malformed_time_left_makes_the_owners_queue_a_site_error(tmp_path: Path) -> None:
+    class Queue(NoExecutor):
+        def run(
+            self, argv: Sequence[str], *, stdin: str | None = None, timeout_s: float = 30.0
+        ) -> Completed:
+            running = "--states=RUNNING" in argv
+            return Completed(tuple(argv), 0, "2|in 5 s\n" if running else "", "")
+
+    with pytest.raises(SiteError, match="site maxwell: reading the owners' queue: squeue printed"):
+        _site(tmp_path, Queue()).owner_queue()
+
+
+def test_an_unreadable_token_file_is_a_site_error(tmp_path: Path) -> None:
+    site = _site(tmp_path, Scripted({}))
+    (tmp_path / "worker.token").unlink()
+    with pytest.raises(SiteError, match="staging the worker token: cannot read") as caught:
+        site.create("tide-maxwell-0000abcd")
+    assert not caught.value.retryable

@@ -10,6 +10,15 @@ container labels) `tide-owner=<owner>`, `tide-site=<site>` and
 controllers sharing one cloud project never list, count or destroy each
 other's resources, and `tide-site` keeps two Tide sites of one controller in
 the same project apart. What carries no such tag is never touched.
+
+Deadlines and bad answers: every call an adapter makes to its site has a
+deadline (an API timeout, a command timeout), and one that runs out raises
+DeadlineExceeded, a retryable SiteError: a hung cloud API, Docker engine or
+Slurm command makes the site unreachable for that cycle, never the daemon
+stuck. An answer an adapter cannot parse (a garbled squeue line, a server
+listing without ids, a label of the wrong type) is a retryable SiteError
+naming the site, the call and what was wrong - never a KeyError or a
+ValueError escaping into the loop.
 """
 
 from __future__ import annotations
@@ -61,6 +70,15 @@ class SiteError(Exception):
 
 class QuotaExceeded(SiteError):
     """The site refused for lack of quota: retryable once resources are freed."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message, retryable=retryable)
+
+
+class DeadlineExceeded(SiteError):
+    """A site call did not finish within its deadline (a hung API, engine or
+    command): retryable, since the site may answer next time. It may
+    nonetheless have taken effect; the controller reconciles by listing."""
 
     def __init__(self, message: str, *, retryable: bool = True) -> None:
         super().__init__(message, retryable=retryable)
@@ -214,6 +232,7 @@ __all__ = [
     "RESOURCE_ID_TAG",
     "SITE_TAG",
     "BackfillSite",
+    "DeadlineExceeded",
     "Owned",
     "OwnerQueue",
     "PoolEndpoint",

@@ -4,10 +4,19 @@ condor_worker role's compose project sets up a worker: the TIDE_* settings
 in its environment, the worker token as a read-only file at
 /run/secrets/token, restarted unless stopped, the image's health check.
 
-The daemon makes the client (`docker.DockerClient(base_url=config.engine_url)`)
-and hands it in, so tests pass their own. Calls do not wait for a worker to
-join the pool: the controller's loop sees it in list_owned and in the
-collector.
+The daemon hands in how to make the client (`engine_client`: the engine's
+URL, checked at once, and API_TIMEOUT_S), and the site makes it at its
+first call: `docker.DockerClient` asks the engine for its API version as it
+is made, and an engine that is down at the daemon's start must not stop
+the daemon - the site is simply unreachable (a retryable SiteError naming
+the engine's URL) until the engine answers. Tests may hand in a client of
+their own. Calls do not wait for a worker to join the pool: the
+controller's loop sees it in list_owned and in the collector.
+
+Deadlines: every call to the engine has the client's timeout
+(API_TIMEOUT_S, 30 s); one that runs out is a DeadlineExceeded (retryable).
+An answer that is not what the engine's API promises (a listing without
+ids, labels that are not strings) is a retryable SiteError naming the call.
 
 The token is mounted from its file and never read here: it is in no
 environment variable, command line, label, log or error message. The
@@ -17,23 +26,31 @@ On host networking (the default) every worker needs its own HTCondor shared
 port: create() takes the lowest port of the site's range that no Tide worker
 container on the engine holds (their `tide.port` label) - any owner's or
 site's, since two of them on one host network would collide just the same.
-Stopped containers keep their port until destroyed.
+Stopped containers keep their port until destroyed. A container whose
+`tide.port` label is not a port (someone else's, or edited by hand) holds
+none: it is logged and passed over, and creates go on.
 
-destroy() stops the container with a grace period (HTCondor vacates its jobs
-and withdraws the slot on SIGTERM) before removing it, so it may take that
-long: unlike the other calls, it waits for the worker to stop.
+destroy() stops the container with a grace period (STOP_GRACE_S, at most
+STOP_GRACE_MAX_S: HTCondor vacates its jobs and withdraws the slot on
+SIGTERM, and the engine sends SIGKILL when it runs out) before removing it,
+so it may take that long: unlike the other calls, it waits for the worker
+to stop. Its stop call's deadline is the grace period plus API_TIMEOUT_S
+(the Docker SDK adds them), so a destroy takes at most the grace period
+plus three API timeouts (inspect, stop, remove).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import docker
 import docker.errors
+import docker.utils
 import requests
 from docker.models.containers import Container
 from docker.types import Mount
@@ -44,6 +61,7 @@ from tide.sites.base import (
     OWNER_TAG,
     RESOURCE_ID_TAG,
     SITE_TAG,
+    DeadlineExceeded,
     Owned,
     PoolEndpoint,
     QuotaExceeded,
@@ -68,6 +86,18 @@ STOP_GRACE_S = 30
 """Seconds between SIGTERM and SIGKILL when destroying: the compose project's
 stop_grace_period, time for HTCondor to vacate jobs and withdraw the slot."""
 
+STOP_GRACE_MAX_S = 300
+"""The longest grace period a site takes: a destroy must end, and the
+controller's loop waits for it."""
+
+API_TIMEOUT_S = 30
+"""Seconds any call to the engine may take (the client's socket timeout;
+a stop gets its grace period on top). Listing, creating and inspecting
+containers take well under a second on a healthy engine."""
+
+ClientFactory = Callable[[], docker.DockerClient]
+"""Makes the site's client at its first call (`engine_client`)."""
+
 DRAIN_REQUEST = "condor_drain"
 """condor_drain prints no request id; a cancel ends every drain of the startd."""
 
@@ -89,7 +119,7 @@ class DockerSite:
         name: str,
         config: DockerSiteConfig,
         *,
-        client: docker.DockerClient,
+        client: docker.DockerClient | ClientFactory,
         owner: str,
         pool: PoolEndpoint,
         worker_token_file: Path,
@@ -98,11 +128,16 @@ class DockerSite:
     ) -> None:
         if not owner:
             raise ValueError("owner must name the controller instance")
-        if stop_grace_s < 0:
-            raise ValueError("stop_grace_s must be >= 0")
+        if not 0 <= stop_grace_s <= STOP_GRACE_MAX_S:
+            raise ValueError(f"stop_grace_s must be within 0-{STOP_GRACE_MAX_S}: {stop_grace_s}")
         self.name = name
         self._config = config
-        self._client = client
+        self._client: docker.DockerClient | None = None
+        self._make_client: ClientFactory | None = None
+        if isinstance(client, docker.DockerClient):
+            self._client = client
+        else:
+            self._make_client = client
         self._owner = owner
         self._pool = pool
         self._stop_grace_s = stop_grace_s
@@ -146,7 +181,7 @@ class DockerSite:
             try:
                 # create + start rather than containers.run: run pulls a missing
                 # image from a registry, and workers' images are loaded, not pulled.
-                container = self._client.containers.create(
+                container = self._engine().containers.create(
                     config.image,
                     name=resource_id,
                     hostname=None if config.network_mode == "host" else resource_id,
@@ -190,31 +225,28 @@ class DockerSite:
         return {"container_id": str(container.id), "port": str(port)}
 
     def list_owned(self) -> list[Owned]:
-        owned = []
         ours = [f"{OWNER_TAG}={self._owner}", f"{SITE_TAG}={self.name}"]
-        for container in self._containers(ours):
-            labels = _labels(container)
-            owned.append(
-                Owned(
-                    resource_id=labels.get(RESOURCE_ID_TAG) or _name(container),
-                    status=str(container.status or "unknown"),
-                    details={
-                        "container_id": str(container.id),
-                        "port": labels.get(PORT_LABEL, ""),
-                    },
-                )
+        return [
+            Owned(
+                resource_id=container.labels.get(RESOURCE_ID_TAG) or container.name,
+                status=container.status,
+                details={
+                    "container_id": container.id,
+                    "port": container.labels.get(PORT_LABEL, ""),
+                },
             )
-        return owned
+            for container in self._containers(ours)
+        ]
 
     def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
         ref = details.get("container_id") or resource_id
         with self._calling(f"destroying container {resource_id}"):
             try:
-                container = self._client.containers.get(ref)
+                container = self._engine().containers.get(ref)
             except docker.errors.NotFound:
                 log.info("site %s: container %s is already gone", self.name, resource_id)
                 return
-            if not self._ours(container.labels, resource_id):
+            if not self._ours(_inspected_labels(container), resource_id):
                 log.warning(
                     "site %s: container %s (%s) does not carry this site's labels: left alone",
                     self.name,
@@ -260,13 +292,13 @@ class DockerSite:
         )
         with self._calling(f"{doing} the startd of {resource_id}"):
             try:
-                container = self._client.containers.get(resource_id)
+                container = self._engine().containers.get(resource_id)
             except docker.errors.NotFound:
                 raise SiteError(
                     f"site {self.name}: {doing} the startd of {resource_id}: no such container",
                     retryable=True,
                 ) from None
-            if not self._ours(container.labels, resource_id):
+            if not self._ours(_inspected_labels(container), resource_id):
                 raise SiteError(
                     f"site {self.name}: container {resource_id} does not carry this site's "
                     "labels: not drained",
@@ -300,9 +332,18 @@ class DockerSite:
         """The lowest port of the range no Tide worker container on the engine holds."""
         used: set[int] = set()
         for container in self._containers([PORT_LABEL]):
-            value = _labels(container).get(PORT_LABEL, "")
-            if value.isdigit():
-                used.add(int(value))
+            value = container.labels.get(PORT_LABEL, "")
+            port = _port(value)
+            if port is None:
+                log.warning(
+                    "site %s: container %s has %s=%r, not a port: it holds none",
+                    self.name,
+                    container.name or container.id[:12],
+                    PORT_LABEL,
+                    value[:40],
+                )
+                continue
+            used.add(port)
         start, end = self._config.port_range_start, self._config.port_range_end
         for port in range(start, end + 1):
             if port not in used:
@@ -312,13 +353,57 @@ class DockerSite:
             "and port_range_end) is held by a worker container: destroy one or widen the range"
         )
 
-    def _containers(self, label_filters: list[str]) -> list[Container]:
-        """Containers, whatever their state, carrying every label filter. Sparse:
-        one call, attributes from the engine's listing (Labels, State, Names)."""
-        with self._calling("listing containers"):
-            return self._client.containers.list(
-                all=True, sparse=True, filters={"label": label_filters}
+    def _containers(self, label_filters: list[str]) -> list[_Listed]:
+        """Containers, whatever their state, carrying every label filter: one
+        call, the engine's listing (Id, Names, State, Labels) checked."""
+        action = "listing containers"
+        with self._calling(action):
+            listing: object = self._engine().api.containers(
+                all=True, filters={"label": label_filters}
             )
+        if not isinstance(listing, list):
+            raise self._malformed(action, f"a {type(listing).__name__}, not a list")
+        try:
+            return [_listed(entry) for entry in listing]
+        except ValueError as exc:
+            raise self._malformed(action, str(exc)) from None
+
+    def _malformed(self, action: str, problem: str) -> SiteError:
+        return SiteError(
+            f"site {self.name}: {action}: malformed answer from the Docker engine at "
+            f"{self._config.engine_url}: {_shorten(problem)}",
+            retryable=True,
+        )
+
+    def _engine(self) -> docker.DockerClient:
+        """The client; made now if not yet (the engine may be down: then retryable)."""
+        if self._client is not None:
+            return self._client
+        assert self._make_client is not None
+        url = self._config.engine_url
+        try:
+            self._client = self._make_client()
+        except docker.errors.DockerException as exc:
+            cause = exc.__cause__
+            text = _shorten(str(exc))
+            if isinstance(cause, requests.Timeout):
+                raise DeadlineExceeded(
+                    f"site {self.name}: the Docker engine at {url} did not answer within "
+                    f"its deadline: {text}"
+                ) from exc
+            if isinstance(cause, requests.RequestException | OSError):
+                raise SiteError(
+                    f"site {self.name}: cannot reach the Docker engine at {url}: {text}",
+                    retryable=True,
+                ) from exc
+            if cause is not None:  # it answered, but not with an API version
+                raise self._malformed("asking for its API version", text) from exc
+            raise SiteError(
+                f"site {self.name}: the Docker engine at {url} "
+                f"(sites.{self.name}.engine_url): {text}",
+                retryable=False,
+            ) from exc
+        return self._client
 
     def _ours(self, labels: Mapping[str, str], resource_id: str) -> bool:
         return (
@@ -331,14 +416,14 @@ class DockerSite:
         """The details of this site's container named resource_id, which an
         earlier create made; started if that create stopped short of it."""
         try:
-            container = self._client.containers.get(resource_id)
+            container = self._engine().containers.get(resource_id)
         except docker.errors.NotFound:
             raise SiteError(
                 f"site {self.name}: creating container {resource_id}: the name is taken by "
                 "a container being removed",
                 retryable=True,
             ) from None
-        labels = container.labels
+        labels = _inspected_labels(container)
         if not self._ours(labels, resource_id):
             raise SiteError(
                 f"site {self.name}: creating container {resource_id}: a container of that "
@@ -380,6 +465,11 @@ class DockerSite:
                 f"site {self.name}: {action}: Docker engine error (HTTP {status}): {text}",
                 retryable=retryable,
             ) from exc
+        except requests.Timeout as exc:
+            raise DeadlineExceeded(
+                f"site {self.name}: {action}: the Docker engine at {self._config.engine_url} "
+                f"did not answer within its deadline: {_shorten(str(exc))}"
+            ) from exc
         except requests.RequestException as exc:
             raise SiteError(
                 f"site {self.name}: {action}: cannot reach the Docker engine at "
@@ -390,27 +480,98 @@ class DockerSite:
             raise SiteError(
                 f"site {self.name}: {action}: {_shorten(str(exc))}", retryable=False
             ) from exc
+        except (LookupError, TypeError, ValueError, AttributeError) as exc:
+            # The SDK reading an answer not shaped as the API promises (a
+            # missing key, null where a map belongs).
+            raise self._malformed(action, f"{type(exc).__name__}: {exc}") from exc
 
 
-def _labels(container: Container) -> dict[str, str]:
-    """A container's labels, from a sparse listing (top-level Labels) or an
-    inspection (Config.Labels)."""
-    attrs: dict[str, Any] = container.attrs
-    labels = attrs.get("Labels")
+@dataclass(frozen=True)
+class _Listed:
+    """One container of the engine's listing."""
+
+    id: str
+    name: str  # without the leading slash; "" if it has none
+    status: str  # the engine's State: created, running, exited ...
+    labels: Mapping[str, str]
+
+
+def _listed(entry: object) -> _Listed:
+    """One entry of GET /containers/json. Raises ValueError saying what is wrong."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"a listed container is a {type(entry).__name__}, not a map")
+    cid = entry.get("Id")
+    if not isinstance(cid, str) or not cid:
+        raise ValueError(f"a listed container has no Id: {cid!r}")
+    names = entry.get("Names") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"container {cid[:12]}: Names is not a list of strings")
+    state = entry.get("State") or "unknown"
+    if not isinstance(state, str):
+        raise ValueError(f"container {cid[:12]}: State is a {type(state).__name__}")
+    labels = _label_map(entry.get("Labels"), cid)
+    return _Listed(cid, names[0].lstrip("/") if names else "", state, labels)
+
+
+def _label_map(labels: object, cid: str) -> dict[str, str]:
+    """A container's labels, checked to be strings by strings (None: none)."""
     if labels is None:
-        labels = (attrs.get("Config") or {}).get("Labels")
-    return dict(labels or {})
+        return {}
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise ValueError(f"container {cid[:12]}: Labels is not a map of strings")
+    return dict(labels)
 
 
-def _name(container: Container) -> str:
-    """A container's name, from a sparse listing (Names) or an inspection (Name)."""
-    attrs: dict[str, Any] = container.attrs
-    names = attrs.get("Names") or [attrs.get("Name") or ""]
-    return str(names[0]).lstrip("/")
+def _inspected_labels(container: Container) -> dict[str, str]:
+    """The labels of an inspected container (Config.Labels). Raises ValueError
+    (turned into a SiteError by DockerSite._calling) if they are malformed."""
+    attrs: object = container.attrs
+    config = attrs.get("Config") if isinstance(attrs, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(f"container {container.id!r}: inspection without Config")
+    return _label_map(config.get("Labels"), str(container.id))
+
+
+def _port(value: str) -> int | None:
+    """A `tide.port` label's port; None if it is not one."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 5):
+        return None
+    port = int(value)
+    return port if 0 < port < 65536 else None
+
+
+def engine_client(site: str, engine_url: str, *, timeout_s: int = API_TIMEOUT_S) -> ClientFactory:
+    """How to make the client of the engine at `engine_url`, every call's
+    deadline `timeout_s`: checked now (a URL the SDK cannot take is a
+    SiteError, not retryable), made at the site's first call, since making
+    it contacts the engine."""
+    try:
+        docker.utils.parse_host(engine_url)
+    except docker.errors.DockerException as exc:
+        raise SiteError(
+            f"site {site}: sites.{site}.engine_url {engine_url!r}: {exc}", retryable=False
+        ) from None
+
+    def make() -> docker.DockerClient:
+        return docker.DockerClient(base_url=engine_url, timeout=timeout_s)
+
+    return make
 
 
 def _shorten(text: str) -> str:
     return text if len(text) <= _MESSAGE_MAX else text[:_MESSAGE_MAX] + "..."
 
 
-__all__ = ["EXECUTE_DIR", "PORT_LABEL", "STOP_GRACE_S", "TOKEN_PATH", "DockerSite"]
+__all__ = [
+    "API_TIMEOUT_S",
+    "EXECUTE_DIR",
+    "PORT_LABEL",
+    "STOP_GRACE_MAX_S",
+    "STOP_GRACE_S",
+    "TOKEN_PATH",
+    "ClientFactory",
+    "DockerSite",
+    "engine_client",
+]

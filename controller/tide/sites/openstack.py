@@ -3,10 +3,20 @@ starts the worker container (the compose project the condor_worker role
 writes), through openstacksdk's proxy layer (conn.compute, conn.image,
 conn.network).
 
-The daemon makes the connection (`openstack.connect(cloud=config.cloud)`)
-and hands it in, so tests pass a double and nothing here reads clouds.yaml.
-Calls do not wait for a server to become ACTIVE: the controller's loop sees
-the progress in list_owned and in the pool's collector.
+The daemon makes the connection (`openstack.connect(cloud=config.cloud,
+api_timeout=API_TIMEOUT_S)`) and hands it in, so tests pass a double and
+nothing here reads clouds.yaml. Calls do not wait for a server to become
+ACTIVE: the controller's loop sees the progress in list_owned and in the
+pool's collector.
+
+Deadlines: openstacksdk has no timeout of its own; `api_timeout` becomes
+the keystoneauth session's, which bounds every request (authentication,
+discovery, each Nova, Glance and Neutron call; a call may make a few).
+A request that runs out is a DeadlineExceeded (retryable), so a hung Nova
+stalls one cycle's call, not the daemon. An answer the SDK or this module
+cannot read (a listing that is not one, a server without an id, metadata
+that is not a map) is a retryable SiteError naming the call; a server
+without metadata carries no tags and is simply not ours.
 
 The worker token goes into the user data and nowhere else: it is never
 logged, and error messages are scrubbed of it (and of anything looking like
@@ -27,6 +37,7 @@ import logging
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -42,6 +53,7 @@ from tide.sites.base import (
     OWNER_TAG,
     RESOURCE_ID_TAG,
     SITE_TAG,
+    DeadlineExceeded,
     Owned,
     PoolEndpoint,
     QuotaExceeded,
@@ -60,6 +72,11 @@ USER_DATA_MAX = 65535
 """Nova's limit on a server's user data, base64-encoded, in bytes."""
 
 BUILTIN_TEMPLATE = "openstack-user-data.yaml.j2"
+
+API_TIMEOUT_S = 30.0
+"""Seconds one request to the cloud may take (openstack.connect's
+api_timeout): a Nova listing or a boot request takes a second or two on a
+healthy cloud."""
 
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
 # Long runs of base64 (encoded user data the cloud might echo back) are scrubbed
@@ -192,12 +209,12 @@ class OpenStackSite:
     def list_owned(self) -> list[Owned]:
         return [
             Owned(
-                resource_id=str(meta.get(RESOURCE_ID_TAG) or server.name),
-                status=str(server.status or "UNKNOWN"),
-                details={"server_id": str(server.id)},
+                resource_id=server.resource_id,
+                status=server.status,
+                details={"server_id": server.id},
                 failed=server.status == "ERROR",
             )
-            for server, meta in self._owned_servers()
+            for server in self._owned_servers()
         ]
 
     def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
@@ -206,9 +223,9 @@ class OpenStackSite:
             ids = [server_id]
         else:  # created but not recorded (e.g. the daemon stopped): find it by its tags
             ids = [
-                str(server.id)
-                for server, meta in self._owned_servers(name=resource_id)
-                if meta.get(RESOURCE_ID_TAG) == resource_id
+                server.id
+                for server in self._owned_servers(name=resource_id)
+                if server.tagged_id == resource_id
             ]
         for sid in ids:
             log.info("site %s: deleting server %s (%s)", self.name, resource_id, sid)
@@ -217,20 +234,57 @@ class OpenStackSite:
 
     # --- helpers ------------------------------------------------------------
 
-    def _owned_servers(self, name: str | None = None) -> Iterator[tuple[Any, Mapping[str, str]]]:
-        """This site's servers carrying our ownership metadata, with it. Nova
-        cannot filter on metadata, so the filter is here; `name` (which Nova
-        takes as a regular expression) only narrows the listing."""
-        compute = self._conn.compute
-        with self._calling("listing servers"):
+    def _owned_servers(self, name: str | None = None) -> list[_Server]:
+        """This site's servers carrying our ownership metadata. Nova cannot
+        filter on metadata, so the filter is here; `name` (which Nova takes
+        as a regular expression) only narrows the listing."""
+        action = "listing servers"
+        owned: list[_Server] = []
+        # The compute proxy authenticates when first made, and the SDK reads a
+        # server's fields when they are first used: all in here, so that an
+        # outage or a malformed answer is a SiteError (_calling).
+        with self._calling(action):
+            compute = self._conn.compute
             if name is None:
                 servers = list(compute.servers(details=True))
             else:
                 servers = list(compute.servers(details=True, name=name))
-        for server in servers:
-            meta = server.metadata or {}
-            if meta.get(OWNER_TAG) == self._owner and meta.get(SITE_TAG) == self.name:
-                yield server, meta
+            for server in servers:
+                meta = server.metadata
+                if meta is None:
+                    continue  # no tags: not ours
+                if not isinstance(meta, Mapping):
+                    raise self._malformed(
+                        action, f"server {server.id!r}: metadata is a {type(meta).__name__}"
+                    )
+                if meta.get(OWNER_TAG) == self._owner and meta.get(SITE_TAG) == self.name:
+                    owned.append(self._server(action, server, meta))
+        return owned
+
+    def _server(self, action: str, server: Any, meta: Mapping[str, object]) -> _Server:
+        """One of our servers, checked: an id, and a name or a resource id tag."""
+        sid, sname = server.id, server.name
+        if not isinstance(sid, str) or not sid:
+            raise self._malformed(action, f"server {sname!r} (ours) has no id: {sid!r}")
+        tagged = meta.get(RESOURCE_ID_TAG)
+        if tagged is not None and not isinstance(tagged, str):
+            raise self._malformed(action, f"server {sid}: {RESOURCE_ID_TAG} is not a string")
+        resource_id = tagged or sname
+        if not isinstance(resource_id, str) or not resource_id:
+            raise self._malformed(action, f"server {sid} has neither a name nor a resource id")
+        status = server.status
+        return _Server(
+            id=sid,
+            resource_id=resource_id,
+            tagged_id=tagged,
+            status=status if isinstance(status, str) and status else "UNKNOWN",
+        )
+
+    def _malformed(self, action: str, problem: str) -> SiteError:
+        return SiteError(
+            f"site {self.name}: {action}: malformed answer from the cloud: {self._redact(problem)}",
+            retryable=True,
+        )
 
     def _resolve(self) -> tuple[str, str, str]:
         """Image, flavor and network ids, looked up by name or id once."""
@@ -242,7 +296,11 @@ class OpenStackSite:
                 flavor = conn.compute.find_flavor(config.flavor, ignore_missing=False)
             with self._calling("looking up the network", setting=("network", config.network)):
                 network = conn.network.find_network(config.network, ignore_missing=False)
-            self._ids = (str(image.id), str(flavor.id), str(network.id))
+            ids = (image.id, flavor.id, network.id)
+            for what, found in zip(("image", "flavor", "network"), ids, strict=True):
+                if not isinstance(found, str) or not found:
+                    raise self._malformed(f"looking up the {what}", f"it has no id: {found!r}")
+            self._ids = (str(ids[0]), str(ids[1]), str(ids[2]))
         return self._ids
 
     def _load_template(self) -> jinja2.Template:
@@ -334,6 +392,13 @@ class OpenStackSite:
             if chain:
                 raise error from exc
             raise error from None
+        except (LookupError, TypeError, ValueError, AttributeError) as exc:
+            # The SDK reading an answer not shaped as the API promises (a
+            # listing that is no list, a field of the wrong type).
+            error = self._malformed(action, f"{type(exc).__name__}: {exc}")
+            if chain:
+                raise error from exc
+            raise error from None
 
     def _translate(self, exc: Exception, action: str, setting: tuple[str, str] | None) -> SiteError:
         """The SiteError for an SDK or keystoneauth error, scrubbed of secrets."""
@@ -350,6 +415,10 @@ class OpenStackSite:
             message, retryable = f"{where}: {check} matches more than one: {text}", False
         elif isinstance(exc, _CONFIG_ERRORS):
             message, retryable = f"{where}: {text}", False
+        elif isinstance(exc, ksa_exceptions.ConnectTimeout | requests.Timeout):
+            # keystoneauth raises ConnectTimeout for any request that outlasts
+            # api_timeout, connecting or waiting for the answer.
+            return DeadlineExceeded(f"{where}: no answer within the deadline: {text}")
         elif isinstance(exc, ksa_exceptions.ConnectionError | requests.RequestException):
             message, retryable = f"{where}: cannot reach the cloud: {text}", True
         elif isinstance(exc, ksa_exceptions.HttpError):
@@ -381,4 +450,14 @@ class OpenStackSite:
         return SiteError(f"{where}: refused (HTTP {status}): {text}", retryable=False)
 
 
-__all__ = ["BUILTIN_TEMPLATE", "USER_DATA_MAX", "WORKER_IMAGE", "OpenStackSite"]
+@dataclass(frozen=True)
+class _Server:
+    """One of this site's servers, as listed."""
+
+    id: str
+    resource_id: str  # its tide-resource-id tag, else its name
+    tagged_id: str | None  # its tide-resource-id tag
+    status: str  # Nova's: BUILD, ACTIVE, ERROR ...
+
+
+__all__ = ["API_TIMEOUT_S", "BUILTIN_TEMPLATE", "USER_DATA_MAX", "WORKER_IMAGE", "OpenStackSite"]

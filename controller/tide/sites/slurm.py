@@ -5,7 +5,19 @@ leave it idle, and giving it back within seconds when they need it.
 Every Slurm command goes through an Executor (tide.executors): locally when
 the controller runs on a host of the cluster, or over SSH to a login node -
 the same code path either way. A command's arguments are argv, never a
-shell line built from configuration.
+shell line built from configuration. Every command has a deadline
+(`command_timeout_s`); one that outlasts it is killed and is a
+DeadlineExceeded (retryable). Output that is not what the command's
+--format asked for (a garbled line, a non-numeric count) is a retryable
+SiteError naming the site, the command and the line: the site cannot be
+seen this cycle, rather than seen wrong.
+
+Nothing of the controller's environment reaches a pilot: sbatch runs with
+`--export=NONE` (and a local executor gives it only PATH, HOME, the user
+and locale), so the job gets Slurm's SLURM_* variables and whatever the
+cluster sets up for a job, not the daemon's CONDOR_CONFIG (its token
+folder) or anything else. The script sets a standard PATH (and HOME) for
+itself.
 
 The pilot (templates/slurm-pilot.sh.j2, submitted on sbatch's stdin) runs
 an HTCondor startd in the job, one partitionable slot of the site's shape,
@@ -48,19 +60,21 @@ from __future__ import annotations
 import logging
 import shlex
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import jinja2
 
 from tide.config import SlurmBackfillSiteConfig
-from tide.executors import Completed, Executor, ExecutorError
+from tide.executors import CommandTimedOut, Completed, Executor, ExecutorError
 from tide.model import Shape
 from tide.sites.base import (
     OWNER_TAG,
     SITE_TAG,
+    DeadlineExceeded,
     Owned,
     OwnerQueue,
     PoolEndpoint,
@@ -101,6 +115,7 @@ ENDING_S = 30
 is preempting it, or its walltime is up): its node counts as on its way back."""
 
 _TEMPLATE = "slurm-pilot.sh.j2"
+_LINE_SHOWN = 120  # of a malformed output line, in an error message
 _GONE_JOB = ("Invalid job id", "already completing or completed", "Job has already finished")
 
 
@@ -163,6 +178,7 @@ class SlurmBackfillSite:
             f"--time={cfg.walltime}",
             f"--chdir={work_dir}",
             "--output=%x-%j.out",
+            "--export=NONE",  # nothing of the controller's environment reaches the pilot
             "--signal=B:TERM@60",  # the walltime's end: vacate a minute before the kill
             "--no-requeue",  # a pilot taken back by the owners is gone, not queued again
         ]
@@ -173,25 +189,31 @@ class SlurmBackfillSite:
         if cfg.account:
             argv.append(f"--account={cfg.account}")
         done = self._run(argv, f"submitting pilot {resource_id}", stdin=self.script(resource_id))
-        job_id = done.stdout.strip().split(";")[0]
-        if not job_id.isdigit():
+        job_id = done.stdout.strip().split(";")[0]  # --parsable: id[;cluster]
+        if not _is_number(job_id):
             raise SiteError(
-                f"site {self.name}: sbatch printed no job id for {resource_id}: {done.stdout!r}",
+                f"site {self.name}: submitting pilot {resource_id}: sbatch printed no job id: "
+                f"{done.stdout[:_LINE_SHOWN]!r}",
                 retryable=True,
             )
         log.info("site %s: pilot %s submitted as job %s", self.name, resource_id, job_id)
         return {JOB_ID: job_id}
 
     def list_owned(self) -> list[Owned]:
-        done = self._run(["squeue", "--me", "--noheader", "--format=%i|%j|%T|%k"], "listing pilots")
+        doing = "listing pilots"
+        done = self._run(["squeue", "--me", "--noheader", "--format=%i|%j|%T|%k"], doing)
         owned: list[Owned] = []
-        for line in done.stdout.splitlines():
+        for number, line in _lines(done.stdout):
             fields = line.split("|", 3)
             if len(fields) != 4:
-                continue
+                raise self._malformed(doing, "squeue", number, line, "JOBID|NAME|STATE|COMMENT")
             job_id, job_name, state, comment = fields
             if comment.split() != self._tags.split():
-                continue
+                continue  # not this site's pilot: its fields are none of our business
+            if not (_is_number(job_id) and job_name and state.isalpha()):
+                raise self._malformed(
+                    doing, "squeue", number, line, "a pilot's numeric id, name and state"
+                )
             owned.append(
                 Owned(
                     resource_id=job_name,
@@ -236,7 +258,8 @@ class SlurmBackfillSite:
             argv.append(f"--qos={','.join(cfg.owner_qos)}")
         if cfg.owner_accounts:
             argv.append(f"--account={','.join(cfg.owner_accounts)}")
-        pending = self._run(argv, "reading the owners' queue")
+        doing = "reading the owners' queue"
+        pending = self._run(argv, doing)
         nodes_argv = ["sinfo", "--noheader", "--Node", "--format=%N|%T"]
         if cfg.owner_partitions:
             nodes_argv.append(f"--partition={','.join(cfg.owner_partitions)}")
@@ -251,20 +274,23 @@ class SlurmBackfillSite:
             ],
             "reading the backfill jobs' time left",
         )
-        queue = owner_queue_from(
-            pending.stdout,
-            nodes.stdout,
-            pilots_partition=cfg.partition,
-            young=self._young(pending.stdout),
-        )
-        return OwnerQueue(
-            queue.pending_nodes, queue.free_nodes + ending_nodes(ending.stdout), queue.new_nodes
-        )
+        try:
+            jobs = _pending_jobs(pending.stdout)
+            queue = owner_queue_from(
+                pending.stdout,
+                nodes.stdout,
+                pilots_partition=cfg.partition,
+                young=self._young(job.job_id for job in jobs),
+            )
+            ending_soon = ending_nodes(ending.stdout)
+        except ValueError as exc:
+            raise SiteError(f"site {self.name}: {doing}: {exc}", retryable=True) from None
+        return OwnerQueue(queue.pending_nodes, queue.free_nodes + ending_soon, queue.new_nodes)
 
-    def _young(self, pending: str) -> frozenset[str]:
-        """Pending jobs first seen less than `owner_grace_s` ago (controller's clock)."""
+    def _young(self, pending: Iterable[str]) -> frozenset[str]:
+        """Pending jobs (ids) first seen less than `owner_grace_s` ago (controller's clock)."""
         now = self._clock()
-        ids = {line.split("|", 1)[0].strip() for line in pending.splitlines() if "|" in line}
+        ids = set(pending)
         self._first_seen = {i: self._first_seen.get(i, now) for i in ids}
         grace = self._config.owner_grace_s
         return frozenset(i for i, seen in self._first_seen.items() if now - seen < grace)
@@ -323,7 +349,15 @@ class SlurmBackfillSite:
         and written once per controller start (and again after a failure)."""
         if self._work_dir is not None:
             return self._work_dir
-        token = self._token_file.read_text(encoding="utf-8")
+        try:
+            token = self._token_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise SiteError(
+                f"site {self.name}: staging the worker token: cannot read "
+                f"{self._token_file}: {reason}",
+                retryable=False,
+            ) from None
         # $1: the folder (relative to the home), read as an argument; the
         # token arrives on stdin and is written 0600 under umask 077.
         script = (
@@ -388,30 +422,89 @@ class SlurmBackfillSite:
     def _calling(self, doing: str) -> Iterator[None]:
         try:
             yield
+        except CommandTimedOut as exc:
+            raise DeadlineExceeded(f"site {self.name}: {doing}: {exc}") from exc
         except ExecutorError as exc:
             raise SiteError(f"site {self.name}: {doing}: {exc}", retryable=exc.retryable) from exc
+
+    def _malformed(
+        self, doing: str, command: str, number: int, line: str, expected: str
+    ) -> SiteError:
+        what = _malformed_line(number, line, expected)
+        return SiteError(f"site {self.name}: {doing}: {command} printed {what}", retryable=True)
+
+
+def _lines(output: str) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of a command's output, stripped, numbered from 1."""
+    for number, line in enumerate(output.splitlines(), start=1):
+        if line.strip():
+            yield number, line.strip()
+
+
+def _malformed_line(number: int, line: str, expected: str) -> str:
+    shown = line if len(line) <= _LINE_SHOWN else line[:_LINE_SHOWN] + "..."
+    return f"line {number} {shown!r}, not {expected}"
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only (str.isdigit also takes the likes of '²')."""
+    return text.isascii() and text.isdigit()
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """One line of `squeue --states=PENDING --format=%i|%D|%r|%P`."""
+
+    job_id: str
+    nodes: int
+    reason: str
+    partitions: tuple[str, ...]
+
+
+def _pending_jobs(pending: str) -> list[_Pending]:
+    """Parse `squeue --format=%i|%D|%r|%P` output. Raises ValueError naming a bad line."""
+    jobs: list[_Pending] = []
+    for number, line in _lines(pending):
+        fields = line.split("|")
+        if len(fields) != 4 or not fields[0] or not _is_number(fields[1]):
+            raise ValueError(
+                "squeue printed " + _malformed_line(number, line, "JOBID|NODES|REASON|PARTITION")
+            )
+        job_id, count, reason, partition = fields
+        jobs.append(_Pending(job_id, int(count), reason, tuple(partition.split(","))))
+    return jobs
 
 
 def ending_nodes(running: str) -> int:
     """Nodes of the jobs in `squeue --format=%D|%L` output with at most
-    ENDING_S left."""
+    ENDING_S left. Raises ValueError naming a malformed line."""
     nodes = 0
-    for line in running.splitlines():
-        count, _, left = line.strip().partition("|")
-        seconds = _time_left_s(left)
-        if count.isdigit() and seconds is not None and seconds <= ENDING_S:
+    for number, line in _lines(running):
+        count, _, left = line.partition("|")
+        try:
+            if not _is_number(count):
+                raise ValueError
+            seconds = _time_left_s(left)
+        except ValueError:
+            raise ValueError(
+                "squeue printed " + _malformed_line(number, line, "NODES|TIME_LEFT")
+            ) from None
+        if seconds is not None and seconds <= ENDING_S:
             nodes += int(count)
     return nodes
 
 
 def _time_left_s(text: str) -> int | None:
-    """Slurm's [days-][[hours:]minutes:]seconds; None for UNLIMITED and the like."""
+    """Slurm's [days-][[hours:]minutes:]seconds; None for a word (UNLIMITED,
+    INVALID, NOT_SET). Raises ValueError for anything else."""
+    if text and text.replace("_", "").isalpha():
+        return None
     days, _, clock = text.rpartition("-")
     parts = clock.split(":")
-    if not (days.isdigit() or days == "") or not all(p.isdigit() for p in parts):
-        return None
+    if not (_is_number(days) or days == "") or not all(_is_number(p) for p in parts):
+        raise ValueError(text)
     if not 1 <= len(parts) <= 3:
-        return None
+        raise ValueError(text)
     seconds = 0
     for part in parts:
         seconds = seconds * 60 + int(part)
@@ -426,24 +519,20 @@ def owner_queue_from(
     are not the owners'; jobs pending for a limit or a hold are not waiting
     for nodes; jobs not yet looked at by the scheduler, and those in `young`
     (within owner_grace_s), are new. A node listed in several partitions
-    counts once."""
+    counts once. Raises ValueError naming a malformed line of either output."""
     wanted = new = 0
-    for line in pending.splitlines():
-        fields = line.strip().split("|")
-        if len(fields) != 4:
+    for job in _pending_jobs(pending):
+        if pilots_partition in job.partitions:
             continue
-        job_id, count, reason, partition = fields
-        if pilots_partition in partition.split(",") or not count.isdigit():
-            continue
-        if reason == NEW_REASON or (reason in WAITING_REASONS and job_id in young):
-            new += int(count)
-        elif reason in WAITING_REASONS:
-            wanted += int(count)
+        if job.reason == NEW_REASON or (job.reason in WAITING_REASONS and job.job_id in young):
+            new += job.nodes
+        elif job.reason in WAITING_REASONS:
+            wanted += job.nodes
     free: set[str] = set()
-    for line in nodes.splitlines():
-        fields = line.strip().split("|")
-        if len(fields) != 2:
-            continue
+    for number, line in _lines(nodes):
+        fields = line.split("|")
+        if len(fields) != 2 or not all(fields):
+            raise ValueError("sinfo printed " + _malformed_line(number, line, "NODE|STATE"))
         node, state = fields
         if state.rstrip("*~#!%$@^-+").lower() in FREE_NODE_STATES:
             free.add(node)

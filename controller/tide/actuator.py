@@ -1,0 +1,244 @@
+"""Carrying out a Plan: each site's actions in order on that site's lane
+(tide.runner), the sites concurrently, the store written before every
+external call.
+
+Write-ahead: a resource is recorded REQUESTED before its site's create call,
+DRAINING before its startd is told, STOPPING before its destroy call; so
+after a crash at any moment the store names every resource that may exist
+at a site, and the next cycle's evidence (tide.observe) settles the rest.
+
+Isolation: an exception from one action (a site call, a store write) is
+logged and counted and ends that action only; the site's later actions and
+every other site go on. Nothing here decides: retries, re-drains and
+backoff are in the plan (tide.policy), from timers kept in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from tide.logs import event
+from tide.metrics import Metrics
+from tide.model import (
+    Action,
+    Create,
+    Destroy,
+    Drain,
+    Evacuate,
+    Plan,
+    Site,
+    State,
+    TellDrain,
+    Undrain,
+)
+from tide.sites.base import BackfillSite, SiteAdapter
+from tide.slots import Slots
+from tide.startds import Startds
+from tide.store import Store, StoreError
+
+log = logging.getLogger("tide.actuator")
+
+VACATE_RECHECK_S = 60.0
+"""A resource whose site accepted its destroy but still lists it (a pilot
+vacating its jobs) is told again only after this long."""
+
+
+class Actuator:
+    """Carries out actions at the configured sites."""
+
+    def __init__(
+        self,
+        *,
+        sites: Mapping[str, tuple[Site, SiteAdapter]],
+        store: Store,
+        slots: Slots,
+        startds: Startds | None,
+        metrics: Metrics | None,
+        clock: Callable[[], float],
+        new_id: Callable[[str], str],
+    ) -> None:
+        self._sites = sites
+        self._store = store
+        self._slots = slots
+        self._startds = startds
+        self._metrics = metrics
+        self._clock = clock
+        self._new_id = new_id
+
+    def batches(self, plan: Plan, site_of: Mapping[str, str]) -> dict[str, Callable[[], None]]:
+        """One callable per site that carries out its actions, in plan order."""
+        per_site: dict[str, list[Action]] = {}
+        for action in plan.actions:
+            site = action.site if isinstance(action, Create) else site_of.get(action.resource)
+            if site is None or site not in self._sites:
+                event(
+                    log,
+                    "action skipped: no configured site",
+                    level=logging.WARNING,
+                    action=type(action).__name__.lower(),
+                    site=site or "?",
+                )
+                continue
+            per_site.setdefault(site, []).append(action)
+        return {site: self._batch(site, actions) for site, actions in per_site.items()}
+
+    def _batch(self, site: str, actions: list[Action]) -> Callable[[], None]:
+        def run() -> None:
+            for action in actions:
+                try:
+                    self.act(site, action)
+                except Exception as exc:  # one action's failure ends that action only
+                    self.failed(site, "act", "action failed", _target(action), exc)
+
+        return run
+
+    def act(self, site: str, action: Action) -> None:
+        now = self._clock()
+        if isinstance(action, Create):
+            self._create(site, action)
+        elif isinstance(action, Destroy):
+            if action.boot_failed:
+                self._store.boot_failed(site, now)
+            self._destroy(site, action.resource, action.reason, withdraw=True)
+        elif isinstance(action, Evacuate):
+            self._evacuate(site, action.resource, action.reason)
+        elif isinstance(action, Drain):
+            self._store.drain(action.resource, now, action.reason, held=action.held)
+            event(log, "draining", site=site, resource=action.resource, reason=action.reason)
+            self._tell_drain(site, action.resource, action.reason)
+        elif isinstance(action, TellDrain):
+            self._tell_drain(site, action.resource, action.reason)
+        elif isinstance(action, Undrain):
+            self._undrain(site, action.resource, action.reason)
+
+    # --- the actions ------------------------------------------------------
+
+    def _create(self, site: str, action: Create) -> None:
+        adapter = self._sites[site][1]
+        for _ in range(action.count):
+            rid = self._new_id(site)
+            now = self._clock()
+            self._store.add(rid, site, now, action.reason)  # before the call: never leaked
+            try:
+                details = adapter.create(rid)
+            except Exception as exc:
+                failures = self._store.site(site).failures + 1
+                self._store.boot_failed(site, self._clock())
+                self._count(site, "create")
+                event(
+                    log,
+                    "create failed",
+                    level=logging.WARNING,
+                    site=site,
+                    resource=rid,
+                    error=str(exc),
+                    failures=failures,
+                )
+                self._move_if(rid, State.REQUESTED, State.FAILED, f"create failed: {exc}")
+                return  # no more creates at this site this cycle
+            for key, val in details.items():
+                self._store.set_detail(rid, key, val)
+            self._move_if(rid, State.REQUESTED, State.BOOTING, "created")
+            event(log, "created", site=site, resource=rid)
+
+    def _move_if(self, rid: str, expected: State, to: State, reason: str) -> None:
+        """Move only from `expected`: the evidence may have moved it already."""
+        current = self._store.get(rid)
+        if current is not None and current.state is expected:
+            self._store.move(rid, to, self._clock(), reason)
+
+    def _destroy(self, site: str, rid: str, reason: str, *, withdraw: bool) -> None:
+        adapter = self._sites[site][1]
+        self._store.move(rid, State.STOPPING, self._clock(), reason)  # before the call
+        try:
+            adapter.destroy(rid, self._store.handle(rid))
+        except Exception as exc:
+            wait = self._store.destroy_failed(rid, self._clock(), self._limits(site))
+            self.failed(site, "destroy", f"destroy failed: retried in {wait:.0f}s", rid, exc)
+            return
+        if isinstance(adapter, BackfillSite):  # gone once its site no longer lists it
+            self._store.destroy_pending(rid, self._clock() + VACATE_RECHECK_S)
+            event(log, "told to go", site=site, resource=rid, reason=reason)
+        else:
+            self._store.move(rid, State.GONE, self._clock(), "destroyed")
+            event(log, "destroyed", site=site, resource=rid, reason=reason)
+        if withdraw:
+            self._withdraw(site, rid)
+
+    def _limits(self, site: str) -> float:
+        return self._sites[site][0].limits.destroy_retry_max_s
+
+    def _evacuate(self, site: str, rid: str, reason: str) -> None:
+        """No new match there (its slot ads withdrawn), then destroy it: the
+        site's destroy vacates running jobs (a Slurm pilot's SIGTERM trap)."""
+        self._withdraw(site, rid)
+        event(log, "evacuating", site=site, resource=rid, reason=reason)
+        self._destroy(site, rid, reason, withdraw=False)
+
+    def _withdraw(self, site: str, rid: str) -> None:
+        try:
+            self._slots.withdraw(rid)
+        except Exception as exc:  # the ads expire on their own; a failure only delays that
+            self.failed(site, "withdraw", "withdrawing its slot ads failed", rid, exc)
+
+    def _tell_drain(self, site: str, rid: str, reason: str) -> None:
+        """Tell the resource's startd to drain and record that it was told (a
+        failure is told again by a later plan: the record stays untold).
+        Where the site cannot reach the startd, its slot ads are withdrawn
+        instead (recorded as the request "")."""
+        if self._startds is None:
+            return
+        try:
+            request = self._startds.drain(site, rid, f"tide: {reason}")
+        except Exception as exc:
+            self.failed(site, "drain", "startd drain failed: told again later", rid, exc)
+            return
+        if request is None:
+            try:
+                self._slots.withdraw(rid)
+            except Exception as exc:
+                self.failed(site, "withdraw", "withdrawing its slot ads failed", rid, exc)
+                return
+            request = ""
+            event(log, "slot withdrawn from the collector", site=site, resource=rid)
+        else:
+            event(log, "startd draining", site=site, resource=rid, request=request)
+        self._store.drain_told(rid, request, self._clock())
+
+    def _undrain(self, site: str, rid: str, reason: str) -> None:
+        """Cancel the startd's drain, then record RUNNING (never the other way
+        round: RUNNING in the store must mean the startd takes jobs). An
+        operator's drain that lands meanwhile wins: the move is refused in
+        the store's own transaction and the startd is told to drain again."""
+        r = self._store.get(rid)
+        if r is None or r.held or r.drain_requested:
+            return
+        if r.drain_request and self._startds is not None:
+            try:
+                self._startds.cancel_drain(site, rid, r.drain_request)
+            except Exception as exc:
+                self.failed(site, "undrain", "startd undrain failed: retried later", rid, exc)
+                return
+        try:
+            self._store.move(rid, State.RUNNING, self._clock(), reason, unless_held=True)
+        except StoreError as exc:
+            event(log, "undrain refused", level=logging.WARNING, resource=rid, error=str(exc))
+            self._tell_drain(site, rid, "operator drain (tide drain)")
+            return
+        event(log, "running", site=site, resource=rid, reason=reason)
+
+    # --- failures ---------------------------------------------------------
+
+    def failed(self, site: str, operation: str, what: str, rid: str, exc: Exception) -> None:
+        """A call failed: counted, logged, and left for a later plan."""
+        self._count(site, operation)
+        event(log, what, level=logging.WARNING, site=site, resource=rid, error=str(exc))
+
+    def _count(self, site: str, operation: str) -> None:
+        if self._metrics is not None:
+            self._metrics.count_failure(site, operation)
+
+
+def _target(action: Action) -> str:
+    return action.site if isinstance(action, Create) else action.resource

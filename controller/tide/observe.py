@@ -1,0 +1,177 @@
+"""From what the pool and the sites answered to the Snapshot the policy
+decides on: evidence, not assumption. Pure functions: no I/O, no clock.
+
+A record's state follows what is seen (`evidence`):
+
+* a resource whose slot is advertised is RUNNING, whatever the store says
+  (a create that crashed or missed its deadline, an adopted orphan);
+* a REQUESTED resource its site lists is BOOTING (its create happened);
+* a resource its site no longer lists is GONE, except a boot younger than
+  the listing grace (a cloud's listing may lag behind its create call);
+* a resource its site lists as this controller's that the store does not
+  know (a lost state file) is an orphan, adopted in the state it is in;
+  only one that never registered may then be destroyed at once.
+
+The loop's own timers follow the slots, and only while the collector
+answers: `idle_since` (no claimed slot since), `lost_since` (no ad since).
+While the collector cannot be seen every timer stays as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from tide.model import Orphan, Owners, Resource, State
+from tide.sites.base import Owned, OwnerQueue
+from tide.slots import SlotState
+from tide.store import EVACUATE_ALL, SiteRecord
+
+_BOOTS = frozenset({State.REQUESTED, State.BOOTING})
+_LIVE = frozenset({State.RUNNING, State.DRAINING})
+_UNSEEN = SlotState(advertised=False, claimed_slots=0)
+
+
+@dataclass(frozen=True)
+class Answers:
+    """What this cycle's calls answered; None where a call gave no answer."""
+
+    slots: Mapping[str, SlotState] | None  # None: the collector did not answer
+    listings: Mapping[str, Sequence[Owned]] = field(default_factory=dict)  # sites that answered
+
+
+@dataclass(frozen=True)
+class Move:
+    resource: str
+    to: State
+    reason: str
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The records as the evidence has them, and what to write for that."""
+
+    resources: tuple[Resource, ...]
+    moves: tuple[Move, ...]
+    adopt: tuple[tuple[Orphan, State], ...]
+    timers: Mapping[str, Mapping[str, float | None]]
+
+
+def evidence(
+    records: Sequence[Resource], answers: Answers, now: float, listing_grace_s: float
+) -> Evidence:
+    """Each record with what was seen about it; the moves, adoptions and timer
+    changes that the store must record for that."""
+    slots = answers.slots
+    listed_by_site = {
+        site: {o.resource_id: o for o in owned} for site, owned in answers.listings.items()
+    }
+    resources: list[Resource] = []
+    moves: list[Move] = []
+    timers: dict[str, dict[str, float | None]] = {}
+    known: set[str] = set()
+    for record in records:
+        known.add(record.id)
+        listing = listed_by_site.get(record.site)
+        owned = None if listing is None else listing.get(record.id)
+        young = record.state in _BOOTS and now - record.state_since < listing_grace_s
+        if listing is not None and owned is None and not young:
+            moves.append(Move(record.id, State.GONE, "vanished: the site no longer lists it"))
+            continue
+        slot = _UNSEEN if slots is None else slots.get(record.id, _UNSEEN)
+        r = _promoted(record, slot, owned, now, moves)
+        seen = _seen(r, slot, owned, listing is not None)
+        if slots is not None and r.state in _LIVE:
+            seen, changed = _clocks(seen, slot, now)
+            if changed:
+                timers[r.id] = changed
+        resources.append(seen)
+    adopt: list[tuple[Orphan, State]] = []
+    for site, listing in sorted(listed_by_site.items()):
+        for rid, owned in sorted(listing.items()):
+            if rid in known:
+                continue
+            slot = _UNSEEN if slots is None else slots.get(rid, _UNSEEN)
+            orphan = Orphan(rid, site, tuple(sorted(owned.details.items())), slot.advertised)
+            state = (
+                State.RUNNING
+                if slot.advertised
+                else State.FAILED
+                if owned.failed
+                else State.BOOTING
+            )
+            adopt.append((orphan, state))
+            resources.append(_seen(Resource(rid, site, state, now, now), slot, owned, listing=True))
+    return Evidence(tuple(resources), tuple(moves), tuple(adopt), timers)
+
+
+def _promoted(
+    r: Resource, slot: SlotState, owned: Owned | None, now: float, moves: list[Move]
+) -> Resource:
+    if slot.advertised and r.state in (State.REQUESTED, State.BOOTING, State.FAILED):
+        moves.append(Move(r.id, State.RUNNING, "slot advertised"))
+        return replace(r, state=State.RUNNING, state_since=now, idle_since=None, lost_since=None)
+    if r.state is State.REQUESTED and owned is not None:
+        moves.append(Move(r.id, State.BOOTING, "listed by its site"))
+        return replace(r, state=State.BOOTING, state_since=now)
+    return r
+
+
+def _seen(r: Resource, slot: SlotState, owned: Owned | None, listing: bool) -> Resource:
+    drained = slot.drained
+    if r.state is State.DRAINING and r.drain_request == "":
+        # Its site cannot drain the startd: its ads were withdrawn instead.
+        # Only an ad seen again since, with no claimed slot, says no job runs.
+        drained = slot.advertised and slot.claimed_slots == 0
+    return replace(
+        r,
+        advertised=slot.advertised,
+        claimed_slots=slot.claimed_slots,
+        drained=drained,
+        draining=slot.draining,
+        boot_failed=owned is not None and owned.failed,
+        placed=owned is None or owned.placed,
+        listed=(owned is not None) if listing else None,
+    )
+
+
+def _clocks(r: Resource, slot: SlotState, now: float) -> tuple[Resource, dict[str, float | None]]:
+    """idle_since and lost_since after this observation, and what changed."""
+    idle_since, lost_since = r.idle_since, r.lost_since
+    if slot.advertised:
+        lost_since = None
+        idle_since = None if slot.claimed_slots > 0 else (idle_since or now)
+    elif lost_since is None:
+        lost_since = now
+    changed: dict[str, float | None] = {}
+    if idle_since != r.idle_since:
+        changed["idle_since"] = idle_since
+    if lost_since != r.lost_since:
+        changed["lost_since"] = lost_since
+    return replace(r, idle_since=idle_since, lost_since=lost_since), changed
+
+
+def owners(record: SiteRecord, queue: OwnerQueue | None, alive: int, now: float) -> Owners:
+    """A backfill site's owners: their queue (None: it could not be read),
+    when they last waited (persisted), and the operator's standing requests."""
+    evacuate = 0
+    if record.evacuate == EVACUATE_ALL:
+        evacuate = alive
+    elif record.evacuate is not None:
+        evacuate = max(0, record.evacuate)
+    if queue is None:
+        return Owners(
+            known=False,
+            last_waiting_at=record.owners_waiting_at,
+            paused=record.paused,
+            evacuate_nodes=evacuate,
+        )
+    waiting = queue.pending_nodes + queue.new_nodes > 0
+    return Owners(
+        pending_nodes=queue.pending_nodes,
+        new_nodes=queue.new_nodes,
+        free_nodes=queue.free_nodes,
+        last_waiting_at=now if waiting else record.owners_waiting_at,
+        paused=record.paused,
+        evacuate_nodes=evacuate,
+    )
