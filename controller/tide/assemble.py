@@ -165,10 +165,20 @@ class ReadOnlySite:
         raise RuntimeError(f"site {self.name}: read-only, destroy refused")
 
 
-def demand_source(config: Config) -> DemandSource:
+def demand_source(
+    config: Config, store: Store | None = None, *, remember: bool = True
+) -> DemandSource:
     """Demand from the pool's schedds, matched against every site's prototype;
-    complete only if no schedd failed (a collector failure raises)."""
-    from tide.demand import PoolDemandReader, demand_from, prototype  # noqa: PLC0415
+    complete only if no schedd failed and none that answered recently is
+    missing from the collector (with `store`: remembered across restarts,
+    see tide.demand.missing_schedds). A collector failure raises."""
+    from tide.demand import (  # noqa: PLC0415
+        SCHEDD_MEMORY_S,
+        PoolDemandReader,
+        demand_from,
+        missing_schedds,
+        prototype,
+    )
 
     prototypes = {}
     for name, site in config.sites.items():
@@ -178,7 +188,15 @@ def demand_source(config: Config) -> DemandSource:
 
     def read() -> tuple[tuple[Demand, ...], bool]:
         demand = demand_from(reader.autoclusters(), prototypes)
-        return demand, not reader.failed_schedds
+        complete = not reader.failed_schedds
+        if store is not None:
+            now = time.time()
+            listed = (*reader.answered_schedds, *reader.failed_schedds)
+            missing = missing_schedds(listed, store.schedds_seen(), now)
+            if remember:  # `tide plan` reads the memory, never writes it
+                store.saw_schedds(reader.answered_schedds, now, now - 2 * SCHEDD_MEMORY_S)
+            complete = complete and not missing
+        return demand, complete
 
     return read
 
@@ -245,7 +263,7 @@ def build_controller(
     return Controller(
         sites=sites,
         store=store,
-        demand=demand_source(config),
+        demand=demand_source(config, store, remember=adapters is not None),
         slots=CollectorSlots(config.pool.collector),
         startds=None if adapters is None else SiteStartds(adapters),
         metrics=metrics,

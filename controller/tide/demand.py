@@ -215,6 +215,26 @@ def demand_from(
     return tuple(demand)
 
 
+# --- completeness -----------------------------------------------------------
+
+SCHEDD_MEMORY_S = 1200.0
+"""A schedd that answered within this long and is missing now makes demand
+unknown. A restarted collector relearns a schedd only at its next ad
+(SCHEDD_INTERVAL, 300 s by default), so until then its jobs would read as
+no demand; one silent for longer than this has left the pool."""
+
+
+def missing_schedds(
+    listed: Iterable[str], seen: Mapping[str, float], now: float, memory_s: float = SCHEDD_MEMORY_S
+) -> tuple[str, ...]:
+    """Schedds that answered recently (`seen`: name -> when) that the
+    collector does not list now: their demand is unknown, not zero."""
+    present = set(listed)
+    return tuple(
+        sorted(name for name, at in seen.items() if name not in present and now - at < memory_s)
+    )
+
+
 # --- the I/O edge -----------------------------------------------------------
 
 # Idle jobs that need a startd: not scheduler (7), grid (9) or local (12) universe.
@@ -311,6 +331,7 @@ class PoolDemandReader:
         self.collector = collector
         self.schedds = tuple(schedds)
         self.failed_schedds: tuple[str, ...] = ()
+        self.answered_schedds: tuple[str, ...] = ()
         self._collector = htcondor2.Collector(collector)
 
     def _locations(self, failed: list[str]) -> list[tuple[str, classad2.ClassAd]]:
@@ -330,6 +351,7 @@ class PoolDemandReader:
     def autoclusters(self) -> list[AutoCluster]:
         """Every located schedd's idle job groups; schedds that fail are skipped."""
         failed: list[str] = []
+        answered: list[str] = []
         clusters: list[AutoCluster] = []
         for name, location in self._locations(failed):
             try:
@@ -342,11 +364,13 @@ class PoolDemandReader:
                 log.warning("schedd %s: no answer, its demand is skipped: %s", name, exc)
                 failed.append(name)
                 continue
+            answered.append(name)
             for ad in ads:
                 cluster = autocluster_from_ad(name, ad)
                 if cluster is not None:
                     clusters.append(cluster)
         self.failed_schedds = tuple(failed)
+        self.answered_schedds = tuple(answered)
         return clusters
 
 
@@ -358,5 +382,6 @@ __all__ = [
     "autocluster_from_ad",
     "demand_from",
     "matches",
+    "missing_schedds",
     "prototype",
 ]

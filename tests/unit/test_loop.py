@@ -131,7 +131,7 @@ class FakeStartds:
             return None
         self.drains.append(resource_id)
         done = slot.claimed_slots == 0 and not self.keep_draining
-        self.slots.slots[resource_id] = SlotState(True, slot.claimed_slots, done)
+        self.slots.slots[resource_id] = SlotState(True, slot.claimed_slots, done, draining=True)
         return f"req-{len(self.drains)}"
 
     def cancel_drain(self, site: str, resource_id: str, request_id: str) -> None:
