@@ -107,6 +107,7 @@ bench: lab
 	python -m benchmarks.pool
 	python -m benchmarks.recipe
 	python -m benchmarks.controller_decide
+	python -m benchmarks.controller_cycle
 	python -m benchmarks.controller_loop
 	python -m benchmarks.evacuation
 	python -m benchmarks.onboard

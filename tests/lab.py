@@ -177,6 +177,11 @@ def run_job(script: str, *, on: str, user: str = "physicist", timeout: float = 2
     return JobResult(cluster, exit_code, owner, output)
 
 
+COLLECTOR_WARMUP_S = 40
+"""The lab pool's SCHEDD_INTERVAL (10 s) and the workers' UPDATE_INTERVAL (30 s),
+plus a margin: how long a restarted lab collector is not trusted."""
+
+
 def controller_config(
     folder: Path, *, token: Path, owner: str, sites: str, interval_s: float = 1
 ) -> Path:
@@ -188,6 +193,7 @@ def controller_config(
         f"""\
         pool:
           collector: {COLLECTOR}
+          collector_warmup_s: {COLLECTOR_WARMUP_S}
           domain: {POOL_DOMAIN}
           token_file: {token}
         loop:

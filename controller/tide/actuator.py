@@ -32,7 +32,7 @@ from tide.model import (
     TellDrain,
     Undrain,
 )
-from tide.sites.base import BackfillSite, SiteAdapter
+from tide.sites.base import BackfillSite, DeadlineExceeded, SiteAdapter
 from tide.slots import Slots
 from tide.startds import Startds
 from tide.store import Store, StoreError
@@ -126,20 +126,21 @@ class Actuator:
                 failures = self._store.site(site).failures + 1
                 self._store.boot_failed(site, self._clock())
                 self._count(site, "create")
+                late = isinstance(exc, DeadlineExceeded)
                 event(
                     log,
-                    "create failed",
+                    "create past its deadline: it may still come up" if late else "create failed",
                     level=logging.WARNING,
                     site=site,
                     resource=rid,
                     error=str(exc),
                     failures=failures,
                 )
-                self._move_if(rid, State.REQUESTED, State.FAILED, f"create failed: {exc}")
+                if not late:  # refused: nothing there. Late: a boot like any other,
+                    # settled by the evidence (listed, advertised, or its boot timeout)
+                    self._move_if(rid, State.REQUESTED, State.FAILED, f"create failed: {exc}")
                 return  # no more creates at this site this cycle
-            for key, val in details.items():
-                self._store.set_detail(rid, key, val)
-            self._move_if(rid, State.REQUESTED, State.BOOTING, "created")
+            self._store.created(rid, details, self._clock())
             event(log, "created", site=site, resource=rid)
 
     def _move_if(self, rid: str, expected: State, to: State, reason: str) -> None:

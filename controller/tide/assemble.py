@@ -271,4 +271,5 @@ def build_controller(
         new_id=lambda site: new_resource_id(site, random_suffix()),
         runner=runner,
         act_budget_s=config.loop.interval_s,
+        collector_warmup_s=config.pool.collector_warmup_s,
     )

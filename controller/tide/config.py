@@ -127,6 +127,14 @@ class PoolConfig(_Model):
         description="IDTOKEN the controller presents to query the pool. Required, and a path "
         "only: the token itself never sits in this file."
     )
+    collector_warmup_s: float = Field(
+        default=330.0,
+        ge=0,
+        description="How long a (re)started collector is not trusted to know every schedd "
+        "and slot: schedds advertise every SCHEDD_INTERVAL (300 s by default), Tide's workers "
+        "every 30 s. Meanwhile absence proves nothing: no scale-down, no boot timed out. "
+        "Default 330 s; a pool with a shorter SCHEDD_INTERVAL may set less. 0 disables.",
+    )
     schedds: list[str] = Field(
         default_factory=list,
         description="Schedds whose idle jobs count as demand. Empty (the default) means every "

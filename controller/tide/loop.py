@@ -68,6 +68,7 @@ class _PoolView:
     demand: tuple[Demand, ...]
     demand_known: bool
     slots: Mapping[str, SlotState] | None
+    young: bool = False  # the collector started within its warm-up: absence proves nothing
 
 
 class Controller:
@@ -87,6 +88,7 @@ class Controller:
         runner: Runner | None = None,
         listing_grace_s: float = LISTING_GRACE_S,
         act_budget_s: float = 2.0,
+        collector_warmup_s: float = 0.0,
     ) -> None:
         self._sites = dict(sites)
         self._store = store
@@ -97,6 +99,7 @@ class Controller:
         self._runner: Runner = runner or InlineRunner()
         self._listing_grace_s = listing_grace_s
         self._act_budget_s = act_budget_s
+        self._collector_warmup_s = collector_warmup_s
         self._actuator = Actuator(
             sites=self._sites,
             store=store,
@@ -172,21 +175,39 @@ class Controller:
             got = self._answer(POOL_LANE, "pool", view)
             if got is not None:
                 pool_view = got
-        found = evidence(records, Answers(pool_view.slots, answered), now, self._listing_grace_s)
+        found = evidence(
+            records,
+            Answers(pool_view.slots, answered, slots_complete=not pool_view.young),
+            now,
+            self._listing_grace_s,
+        )
+        unrecorded: set[str] = set()
         if write:
-            self._record(found, now)
-        site_busy = busy | {name for name, p in listings.items() if not p.done()}
+            unrecorded = self._record(found, now)
+        # A site whose evidence could not be recorded is decided on next cycle:
+        # this cycle's snapshot would disagree with the store.
+        # ... and so is one not listed once since the start (a lost state file:
+        # it may hold resources the store does not know yet).
+        site_busy = (
+            busy
+            | {name for name, p in listings.items() if not p.done()}
+            | unrecorded
+            | (self._unreconciled & set(self._sites))
+        )
         owner_views: dict[str, Owners] = {}
         for name, p in queues.items():
             queue = self._answer(name, "owners", p)
             record = self._store.site(name)
             alive = sum(1 for r in found.resources if r.site == name and r.state in _ALIVE)
             owner_views[name] = owners(record, queue, alive, now)
-            if write and queue is not None and queue.pending_nodes + queue.new_nodes > 0:
+            waiting = queue is None or queue.pending_nodes + queue.new_nodes > 0
+            if write and waiting:
                 self._store.owners_waited(name, now)
-        for name in self._backfill - set(queues):
+        for name in sorted(self._backfill - set(queues)):  # busy: not asked this cycle
             record = self._store.site(name)
             owner_views[name] = owners(record, None, 0, now)
+            if write and pool:
+                self._store.owners_waited(name, now)
         return Snapshot(
             now=now,
             sites={name: site for name, (site, _adapter) in self._sites.items()},
@@ -194,8 +215,9 @@ class Controller:
             resources=found.resources,
             health={name: self.health(name) for name in self._sites},
             owners=owner_views,
-            demand_known=pool_view.demand_known,
-            slots_known=pool_view.slots is not None,
+            demand_known=pool_view.demand_known and not pool_view.young,
+            slots_known=pool_view.slots is not None and not pool_view.young,
+            collector_young=pool_view.young,
             listed=frozenset(answered),
             busy=site_busy,
             orphans=tuple(orphan for orphan, _state in found.adopt),
@@ -229,7 +251,32 @@ class Controller:
                 error=str(exc),
             )
             slots = None
-        return _PoolView(tuple(demand), complete, slots)
+        return _PoolView(tuple(demand), complete, slots, slots is not None and self._young())
+
+    def _young(self) -> bool:
+        """Whether the collector started within its warm-up (an optional
+        capability of the Slots observer; an error counts as young)."""
+        started_at = getattr(self._slots, "started_at", None)
+        if self._collector_warmup_s <= 0 or started_at is None:
+            return False
+        try:
+            started = started_at()
+        except Exception as exc:
+            event(log, "collector age unknown", level=logging.WARNING, error=str(exc))
+            return True
+        if started is None:
+            return False
+        age = self._clock() - started
+        if age < self._collector_warmup_s:
+            event(
+                log,
+                "collector restarted recently: absence proves nothing yet",
+                level=logging.WARNING,
+                age_s=round(age),
+                warmup_s=self._collector_warmup_s,
+            )
+            return True
+        return False
 
     def _answer(self, lane: str, operation: str, pending: Pending[_T]) -> _T | None:
         if not pending.done():
@@ -250,12 +297,16 @@ class Controller:
             self._count(lane, operation)
             return None
 
-    def _record(self, found: Evidence, now: float) -> None:
-        """Write what the evidence says, before anything is decided on it."""
+    def _record(self, found: Evidence, now: float) -> set[str]:
+        """Write what the evidence says, before anything is decided on it.
+        Returns the sites where a write failed."""
+        failed: set[str] = set()
+        site_of = {r.id: r.site for r in found.resources}
         for move in found.moves:
             try:
                 self._store.move(move.resource, move.to, now, move.reason)
             except Exception as exc:
+                failed.add(move.site)
                 event(
                     log,
                     "record refused",
@@ -264,11 +315,13 @@ class Controller:
                     error=str(exc),
                 )
                 continue
-            event(log, move.to.value, resource=move.resource, reason=move.reason)
+            event(log, move.to.value, site=move.site, resource=move.resource, reason=move.reason)
             if move.to is State.RUNNING:
-                r = self._store.get(move.resource)
-                if r is not None:
-                    self._store.boot_succeeded(r.site)  # a boot succeeded: its backoff ends
+                try:
+                    self._store.boot_succeeded(move.site)  # a boot succeeded: its backoff ends
+                except Exception as exc:  # told again by the next boot that registers
+                    failed.add(move.site)
+                    event(log, "backoff not reset", level=logging.WARNING, error=str(exc))
         for orphan, state in found.adopt:
             try:
                 self._store.add(
@@ -280,6 +333,7 @@ class Controller:
                     handle=dict(orphan.handle),
                 )
             except Exception as exc:
+                failed.add(orphan.site)
                 event(
                     log,
                     "adoption refused",
@@ -296,7 +350,13 @@ class Controller:
                 resource=orphan.resource_id,
                 state=state.value,
             )
-        self._store.set_timers(found.timers)
+        try:
+            self._store.set_timers(found.timers)
+        except Exception as exc:  # the clocks start again next cycle: nothing decided on them
+            event(log, "timers not recorded", level=logging.WARNING, error=str(exc))
+            failed |= {site_of.get(rid, "") for rid in found.timers}
+        failed.discard("")
+        return failed
 
     # --- one cycle ----------------------------------------------------------
 

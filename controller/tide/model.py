@@ -38,13 +38,14 @@ TRANSITIONS: Mapping[State, frozenset[State]] = {
     State.BOOTING: frozenset({State.RUNNING, State.FAILED, State.STOPPING, State.GONE}),
     State.RUNNING: frozenset({State.DRAINING, State.STOPPING, State.GONE}),
     State.DRAINING: frozenset({State.STOPPING, State.GONE, State.RUNNING}),
-    State.STOPPING: frozenset({State.GONE}),
+    State.STOPPING: frozenset({State.GONE, State.DRAINING}),
     State.FAILED: frozenset({State.STOPPING, State.GONE, State.RUNNING}),
     State.GONE: frozenset(),
 }
 """Allowed moves. DRAINING -> RUNNING undoes a drain that demand overtook;
 REQUESTED or FAILED -> RUNNING records a slot advertised by a resource
-whose create call never returned or missed its deadline (evidence wins)."""
+whose create call never returned or missed its deadline (evidence wins);
+STOPPING -> DRAINING one whose destroy failed and that runs jobs now."""
 
 
 @dataclass(frozen=True)
@@ -180,9 +181,11 @@ class Snapshot:
     health: Mapping[str, SiteHealth] = field(default_factory=dict)
     owners: Mapping[str, Owners] = field(default_factory=dict)  # backfill sites only
     demand_known: bool = True  # every schedd the pool had recently answered
-    slots_known: bool = True  # the collector answered the slot query
+    slots_known: bool = True  # the collector answered the slot query, and is not young
+    collector_young: bool = False  # it (re)started within its warm-up: ads may be missing
     listed: frozenset[str] = frozenset()  # sites whose listing answered this cycle
-    busy: frozenset[str] = frozenset()  # sites still busy with an earlier call: left alone
+    busy: frozenset[str] = frozenset()  # sites left alone: still busy with an earlier call,
+    # not listed once since the start, or their evidence not recorded
     orphans: tuple[Orphan, ...] = ()
     listing_grace_s: float = 120.0  # a boot this young its site does not list is not gone
 

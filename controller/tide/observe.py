@@ -38,11 +38,13 @@ class Answers:
 
     slots: Mapping[str, SlotState] | None  # None: the collector did not answer
     listings: Mapping[str, Sequence[Owned]] = field(default_factory=dict)  # sites that answered
+    slots_complete: bool = True  # False: a young collector; a missing ad proves nothing
 
 
 @dataclass(frozen=True)
 class Move:
     resource: str
+    site: str
     to: State
     reason: str
 
@@ -76,16 +78,18 @@ def evidence(
         owned = None if listing is None else listing.get(record.id)
         young = record.state in _BOOTS and now - record.state_since < listing_grace_s
         if listing is not None and owned is None and not young:
-            moves.append(Move(record.id, State.GONE, "vanished: the site no longer lists it"))
+            moves.append(
+                Move(record.id, record.site, State.GONE, "vanished: the site no longer lists it")
+            )
             continue
         slot = _UNSEEN if slots is None else slots.get(record.id, _UNSEEN)
         r = _promoted(record, slot, owned, now, moves)
-        seen = _seen(r, slot, owned, listing is not None)
-        if slots is not None and r.state in _LIVE:
-            seen, changed = _clocks(seen, slot, now)
-            if changed:
-                timers[r.id] = changed
-        resources.append(seen)
+        clocks: dict[str, float | None] = {}
+        if slots is not None and r.state in _LIVE and (answers.slots_complete or slot.advertised):
+            clocks = _clocks(r, slot, now)
+            if clocks:
+                timers[r.id] = clocks
+        resources.append(_seen(r, slot, owned, listing is not None, clocks))
     adopt: list[tuple[Orphan, State]] = []
     for site, listing in sorted(listed_by_site.items()):
         for rid, owned in sorted(listing.items()):
@@ -109,15 +113,35 @@ def _promoted(
     r: Resource, slot: SlotState, owned: Owned | None, now: float, moves: list[Move]
 ) -> Resource:
     if slot.advertised and r.state in (State.REQUESTED, State.BOOTING, State.FAILED):
-        moves.append(Move(r.id, State.RUNNING, "slot advertised"))
+        moves.append(Move(r.id, r.site, State.RUNNING, "slot advertised"))
         return replace(r, state=State.RUNNING, state_since=now, idle_since=None, lost_since=None)
+    if (
+        r.state is State.STOPPING
+        and r.destroy_failures > 0
+        and slot.advertised
+        and slot.claimed_slots > 0
+        and not slot.drained
+    ):  # its destroy failed and it runs jobs now (a create that went on after its deadline)
+        moves.append(
+            Move(
+                r.id, r.site, State.DRAINING, "its destroy failed and jobs run there: drained first"
+            )
+        )
+        return replace(r, state=State.DRAINING, state_since=now, drain_request=None)
     if r.state is State.REQUESTED and owned is not None:
-        moves.append(Move(r.id, State.BOOTING, "listed by its site"))
+        moves.append(Move(r.id, r.site, State.BOOTING, "listed by its site"))
         return replace(r, state=State.BOOTING, state_since=now)
     return r
 
 
-def _seen(r: Resource, slot: SlotState, owned: Owned | None, listing: bool) -> Resource:
+def _seen(
+    r: Resource,
+    slot: SlotState,
+    owned: Owned | None,
+    listing: bool,
+    clocks: Mapping[str, float | None] | None = None,
+) -> Resource:
+    """The record with what this cycle saw (and its changed `clocks`): one copy."""
     drained = slot.drained
     if r.state is State.DRAINING and r.drain_request == "":
         # Its site cannot drain the startd: its ads were withdrawn instead.
@@ -132,11 +156,12 @@ def _seen(r: Resource, slot: SlotState, owned: Owned | None, listing: bool) -> R
         boot_failed=owned is not None and owned.failed,
         placed=owned is None or owned.placed,
         listed=(owned is not None) if listing else None,
+        **(clocks or {}),  # type: ignore[arg-type]
     )
 
 
-def _clocks(r: Resource, slot: SlotState, now: float) -> tuple[Resource, dict[str, float | None]]:
-    """idle_since and lost_since after this observation, and what changed."""
+def _clocks(r: Resource, slot: SlotState, now: float) -> dict[str, float | None]:
+    """idle_since and lost_since after this observation: those that change."""
     idle_since, lost_since = r.idle_since, r.lost_since
     if slot.advertised:
         lost_since = None
@@ -148,21 +173,23 @@ def _clocks(r: Resource, slot: SlotState, now: float) -> tuple[Resource, dict[st
         changed["idle_since"] = idle_since
     if lost_since != r.lost_since:
         changed["lost_since"] = lost_since
-    return replace(r, idle_since=idle_since, lost_since=lost_since), changed
+    return changed
 
 
 def owners(record: SiteRecord, queue: OwnerQueue | None, alive: int, now: float) -> Owners:
-    """A backfill site's owners: their queue (None: it could not be read),
-    when they last waited (persisted), and the operator's standing requests."""
+    """A backfill site's owners: their queue (None: it could not be read, and
+    they count as waiting now: boots resume only `owner_quiet_s` after their
+    queue was last seen quiet), when they last waited (persisted), and the
+    operator's standing requests."""
     evacuate = 0
     if record.evacuate == EVACUATE_ALL:
         evacuate = alive
     elif record.evacuate is not None:
         evacuate = max(0, record.evacuate)
-    if queue is None:
+    if queue is None:  # unknown: they may be waiting now (the quiet time starts again)
         return Owners(
             known=False,
-            last_waiting_at=record.owners_waiting_at,
+            last_waiting_at=now,
             paused=record.paused,
             evacuate_nodes=evacuate,
         )

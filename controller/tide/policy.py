@@ -38,6 +38,7 @@ How a decision is made:
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -161,24 +162,38 @@ def _withhold(snapshot: Snapshot, actions: list[Action], unmatched: list[Demand]
         r = None if isinstance(action, Create) else by_id.get(action.resource)
         site = action.site if isinstance(action, Create) else (r.site if r else None)
         if site in snapshot.busy:
-            held.append(HeldBack(action, f"site {site} still busy with an earlier call"))
-        elif not snapshot.safe_to_scale_down and _scales_down(action, r):
+            held.append(
+                HeldBack(action, f"site {site} not seen this cycle: busy, or never listed yet")
+            )
+        elif not snapshot.slots_known and _timed_out_boot(action, r):
+            # Only a boot seen never to register is given up: it may be up and
+            # running a job while the collector cannot be seen (or has
+            # restarted and not heard from it yet).
+            held.append(HeldBack(action, "boot timeout withheld: the collector cannot vouch"))
+        elif not snapshot.safe_to_scale_down and _scales_down(action, r, snapshot.slots_known):
             held.append(HeldBack(action, _blind(snapshot)))
         else:
             kept.append(action)
     return Plan(tuple(kept), tuple(unmatched), tuple(held))
 
 
-def _scales_down(action: Action, r: Resource | None) -> bool:
+def _scales_down(action: Action, r: Resource | None, slots_known: bool) -> bool:
     if isinstance(action, Drain):
         return not action.held
     if not isinstance(action, Destroy) or r is None:
         return False
-    if r.state in (State.STOPPING, State.FAILED):
-        return False  # under way already, or never came up
-    if r.state in _BOOTS and not r.advertised:
-        return False  # a boot that never registered
+    if r.state is State.FAILED:  # its create failed: it may have come up since (a
+        return not slots_known  # deadline, then the cloud went on), so only if seen not to
+    if r.state is State.STOPPING or action.boot_failed:
+        return False  # under way already, or a boot that timed out
     return not (r.held and r.drained)  # an operator's drain, done
+
+
+def _timed_out_boot(action: Action, r: Resource | None) -> bool:
+    """A Destroy of a boot that timed out by absence (not one its site reports failed)."""
+    return (
+        isinstance(action, Destroy) and action.boot_failed and r is not None and not r.boot_failed
+    )
 
 
 def _blind(snapshot: Snapshot) -> str:
@@ -378,9 +393,17 @@ class _Packer:
 
 def _fits(room: tuple[int, int, int], d: Demand) -> int:
     """How many of d's jobs fit in this room; a request of 0 never limits."""
-    wants = (d.cpus, d.memory_mb, d.disk_mb)
-    counts = [have // want for have, want in zip(room, wants, strict=True) if want > 0]
-    return min(counts) if counts else _UNBOUNDED
+    return _fits_request(room, d.cpus, d.memory_mb, d.disk_mb)
+
+
+@functools.lru_cache(maxsize=65536)
+def _fits_request(room: tuple[int, int, int], cpus: int, memory_mb: int, disk_mb: int) -> int:
+    """_fits by value (few distinct requests and rooms: cached)."""
+    best = _UNBOUNDED
+    for have, want in ((room[0], cpus), (room[1], memory_mb), (room[2], disk_mb)):
+        if want > 0:
+            best = min(best, have // want)
+    return best
 
 
 def _less(room: tuple[int, int, int], d: Demand, jobs: int) -> tuple[int, int, int]:

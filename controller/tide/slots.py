@@ -41,6 +41,12 @@ class Slots(Protocol):
         ...
 
 
+class CollectorAge(Protocol):
+    """A Slots observer that also says when its collector started (optional)."""
+
+    def started_at(self) -> float | None: ...
+
+
 def slots_from_ads(ads: Any) -> dict[str, SlotState]:
     """Startd ads (anything with .get) -> SlotState per TideResourceId: a resource
     is advertised if any ad names it; its claimed slots are its ads in State
@@ -87,6 +93,17 @@ class CollectorSlots:
             projection=list(SLOT_PROJECTION),
         )
         return slots_from_ads(ads)
+
+    def started_at(self) -> float | None:
+        """When the collector started (its DaemonStartTime), None if it does not say."""
+        ads = self._collector.query(
+            self._htcondor.AdTypes.Collector, projection=["DaemonStartTime"]
+        )
+        for ad in ads:
+            started = ad.get("DaemonStartTime")
+            if isinstance(started, int | float) and not isinstance(started, bool):
+                return float(started)
+        return None
 
     def withdraw(self, resource_id: str) -> None:
         import classad2  # noqa: PLC0415

@@ -6,9 +6,21 @@ destroy). So each write is its own committed transaction, with
 synchronous=FULL: after a crash or restart, the file names every resource
 that may exist at a site, and nothing is booted twice or leaked.
 
+Typed records, apart from what an adapter needs: each resource's row holds
+its state and the loop's own timers in columns (idle and lost clocks, the
+drain its startd accepted and when it was told, destroy retries, an
+operator's hold); `detail` is the site's handle only (a server id). Each
+site's row holds its backoff, when its owners last waited, an operator's
+standing requests (`tide evacuate`, `tide resume`) and the configuration it
+last ran with; `schedds` remembers which schedds answered lately. The CLI
+writes operators' requests through methods of their own (request_drain,
+request_evacuate, request_resume), never through the loop's columns.
+
 WAL mode lets readers (the metrics endpoint, `tide status`) read while the
 daemon writes. Every move is also appended to `transitions`, an audit log
-that answers "why was this server destroyed?".
+that answers "why was this server destroyed?"; GONE resources and their
+history are pruned after a week (prune). The loop's per-site lanes write
+from their own threads: every statement runs under one lock.
 
 The files are owner-only (0600): resource details name servers at sites. The
 daemon holds an exclusive lock on `<file>.lock` while it runs, so a second
@@ -255,8 +267,29 @@ class Store:
         handle: Mapping[str, str] | None = None,
     ) -> Resource:
         """Record a new resource: REQUESTED before the site is asked to create it,
-        or an adopted orphan in the state the evidence gives, with its handle."""
+        or an adopted orphan in the state the evidence gives, with its handle
+        (one recorded GONE that its site lists again - a create that went on
+        after its resource was given up - is recorded anew)."""
         with self._write() as conn:
+            if state is not State.REQUESTED:
+                row = conn.execute(
+                    "SELECT state FROM resources WHERE id = ?", (resource_id,)
+                ).fetchone()
+                if row is not None and row[0] == State.GONE.value:
+                    conn.execute(
+                        "UPDATE resources SET state = ?, state_since = ?, detail = ?,"
+                        " idle_since = NULL, lost_since = NULL, held = 0, drain_request = NULL,"
+                        " drain_told_at = NULL, destroy_failures = 0, destroy_due = NULL"
+                        " WHERE id = ?",
+                        (
+                            state.value,
+                            now,
+                            json.dumps(dict(handle or {}), sort_keys=True),
+                            resource_id,
+                        ),
+                    )
+                    self._log(conn, resource_id, old=State.GONE, new=state, at=now, reason=reason)
+                    return Resource(resource_id, site, state, state_since=now, created_at=now)
             try:
                 conn.execute(
                     "INSERT INTO resources (id, site, state, created_at, state_since, detail)"
@@ -402,6 +435,28 @@ class Store:
         return self._get(self._conn, resource_id)
 
     # --- resources: the site's handle -------------------------------------
+
+    def created(self, resource_id: str, handle: Mapping[str, str], now: float) -> bool:
+        """Its site accepted the create: record the handle and BOOTING in one
+        transaction; False (handle kept) if the evidence moved it on already."""
+        with self._write() as conn:
+            current = self._get(conn, resource_id)
+            detail = self._detail(conn, resource_id)
+            detail.update(handle)
+            conn.execute(
+                "UPDATE resources SET detail = ? WHERE id = ?",
+                (json.dumps(detail, sort_keys=True), resource_id),
+            )
+            if current.state is not State.REQUESTED:
+                return False
+            conn.execute(
+                "UPDATE resources SET state = ?, state_since = ? WHERE id = ?",
+                (State.BOOTING.value, now, resource_id),
+            )
+            self._log(
+                conn, resource_id, old=State.REQUESTED, new=State.BOOTING, at=now, reason="created"
+            )
+        return True
 
     def set_detail(self, resource_id: str, key: str, value: JsonScalar) -> None:
         """Remember what the site needs to find the resource (e.g. its server id)."""
@@ -727,6 +782,9 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
         )
 
 
+_STATE_OF = {s.value: s for s in State}
+
+
 def _resource(row: tuple[Any, ...]) -> Resource:
     (
         rid,
@@ -746,7 +804,7 @@ def _resource(row: tuple[Any, ...]) -> Resource:
     return Resource(
         rid,
         site,
-        State(state),
+        _STATE_OF[state],
         state_since=state_since,
         created_at=created_at,
         idle_since=idle_since,

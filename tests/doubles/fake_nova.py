@@ -2,7 +2,12 @@
 microversions 2.1-2.96, for flavors, servers (create, list, get, delete),
 limits and key pairs. A created server is BUILD until its `Hypervisor` has
 run its user data, then ACTIVE (or ERROR with the failure as its fault); a
-deleted one is "deleting" until the hypervisor has removed it, then gone."""
+deleted one is "deleting" until the hypervisor has removed it, then gone.
+
+A HUNG Nova on demand: `FakeNova.hang_create_s` holds every create request
+that long before serving it (a cloud whose API stalls: the client's own
+timeout runs out first, and the server may appear later all the same).
+`InertHypervisor` runs nothing, for tests that need only the cloud's API."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import binascii
 import re
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -83,6 +89,17 @@ class Hypervisor(Protocol):
         ...
 
 
+class InertHypervisor:
+    """A Hypervisor whose servers run nothing: they go ACTIVE at once and no
+    worker ever joins a pool. For tests of the cloud's API alone."""
+
+    def boot(self, server_id: str, user_data: bytes | None) -> None:
+        return None
+
+    def destroy(self, server_id: str) -> None:
+        return None
+
+
 @dataclass
 class FakeServer:
     id: str
@@ -129,6 +146,13 @@ class FakeNova:
         self._servers: dict[str, FakeServer] = {}
         self._threads: list[threading.Thread] = []
         self.deleted: list[str] = []  # ids of servers deleted, in order
+        # The hang switch: each create request is held this long before it is
+        # served (0: served at once). A hang cut short by release_hangs()
+        # (the fake stopping) is answered 503 and creates nothing.
+        self.hang_create_s = 0.0
+        self.hung_creates: list[float] = []  # time.monotonic() each held create arrived
+        self._hangs_held = 0
+        self._release = threading.Event()
 
     def routes(self) -> list[Route]:
         v = self._versioned
@@ -149,6 +173,16 @@ class FakeNova:
         """A snapshot of the servers that exist (deleting ones included)."""
         with self._project.lock:
             return [replace(s, metadata=dict(s.metadata)) for s in self._servers.values()]
+
+    @property
+    def creates_held(self) -> int:
+        """Create requests being held by the hang switch right now."""
+        with self._project.lock:
+            return self._hangs_held
+
+    def release_hangs(self) -> None:
+        """End every hang now (and any later one at once): those creates get a 503."""
+        self._release.set()
 
     def wait(self, timeout: float) -> None:
         """Wait for boots and deletions under way."""
@@ -319,6 +353,18 @@ class FakeNova:
         return nova_error(404, "itemNotFound", f"Instance {match['id']} could not be found.")
 
     def _create_server(self, call: Call, match: re.Match[str], version: Version) -> Reply:
+        hang = self.hang_create_s
+        if hang > 0:
+            with self._project.lock:
+                self.hung_creates.append(time.monotonic())
+                self._hangs_held += 1
+            try:
+                released = self._release.wait(hang)
+            finally:
+                with self._project.lock:
+                    self._hangs_held -= 1
+            if released:
+                return nova_error(503, "computeFault", "The fake cloud is shutting down.")
         problem = create_shape_problem(call.body, version)
         if problem is not None:
             return nova_error(400, "badRequest", f"Invalid input for field/attribute {problem}")
@@ -495,6 +541,7 @@ __all__ = [
     "FakeNova",
     "FakeServer",
     "Hypervisor",
+    "InertHypervisor",
     "create_shape_problem",
     "requested_microversion",
 ]

@@ -31,6 +31,11 @@ Nova's message, over 128 metadata items -> 403, and the instance quota
 (`max_servers`) -> 403 "Quota exceeded for instances: ...", in Nova's
 error shape ({"forbidden": {"code": 403, "message": ...}}).
 
+It can hang: `cloud.nova.hang_create_s = 60` holds every create request 60 s
+before serving it (the client's timeout runs out first; the server is then
+created all the same, as by a cloud that was only slow), `creates_held`
+counts those held now, and stopping the fake answers them 503.
+
 What it is not: no scheduler, ports or addresses (every server shows
 127.0.0.1), no cores/RAM quota, no pagination, one project and no admin
 view; and a server's status follows its user data (ERROR when the hypervisor
@@ -56,6 +61,7 @@ from tests.doubles.fake_nova import (
     FakeNova,
     FakeServer,
     Hypervisor,
+    InertHypervisor,
     requested_microversion,
 )
 from tests.doubles.fake_openstack_base import (
@@ -122,7 +128,9 @@ class FakeOpenStack:
         self._http = http
 
     def stop(self, timeout: float = 120) -> None:
-        """Stop serving, then wait (up to `timeout` each) for boots and deletions under way."""
+        """Stop serving (creates held by the hang switch are answered 503), then
+        wait (up to `timeout` each) for boots and deletions under way."""
+        self.nova.release_hangs()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
@@ -235,14 +243,25 @@ class _RequestHandler(BaseHTTPRequestHandler):
             payload, kind = reply.body.encode(), "text/plain; charset=UTF-8"
         else:
             payload, kind = json.dumps(reply.body).encode(), "application/json"
-        self.send_response(reply.status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if payload:
-            self.wfile.write(payload)
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if payload:
+                self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (a hung create): as a cloud, carry on
 
 
-__all__ = ["PORT", "BootFailed", "FakeOpenStack", "FakeServer", "Hypervisor", "Recorded"]
+__all__ = [
+    "PORT",
+    "BootFailed",
+    "FakeOpenStack",
+    "FakeServer",
+    "Hypervisor",
+    "InertHypervisor",
+    "Recorded",
+]

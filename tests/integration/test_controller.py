@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +68,7 @@ class Daemon:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     code: int | None = None
+    env: Mapping[str, str] | None = None  # the daemon's environment; None: this process's
 
     def start(self) -> None:
         with self.log.open("a") as log:
@@ -75,6 +76,7 @@ class Daemon:
                 [str(lab.VENV_BIN / "tide"), "run", "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=None if self.env is None else dict(self.env),
             )
 
     def kill(self) -> None:

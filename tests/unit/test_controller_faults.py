@@ -80,14 +80,14 @@ def test_a_store_failure_after_a_create_ends_that_create_only(
         Demand("s#1", 1, 4, 8192, 100, ("a",)),
         Demand("s#2", 1, 4, 8192, 100, ("b",)),
     )
-    real = store.set_detail
+    real = store.created
 
-    def locked(rid: str, key: str, value: object) -> None:
+    def locked(rid: str, handle: Mapping[str, str], now: float) -> bool:
         if rid.startswith("tide-a"):
             raise sqlite3.OperationalError("database is locked")
-        real(rid, key, value)  # type: ignore[arg-type]
+        return real(rid, handle, now)
 
-    monkeypatch.setattr(store, "set_detail", locked)
+    monkeypatch.setattr(store, "created", locked)
     w.controller.cycle()
     (a,) = w.sites["a"].created
     (b,) = w.sites["b"].created

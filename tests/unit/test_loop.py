@@ -359,13 +359,19 @@ def test_draining_is_not_destroyed_when_slots_unknown(store: Store) -> None:
     assert w.states()[rid] is State.GONE
 
 
-def test_boot_timeout_destroy_stays_when_slots_unknown(store: Store) -> None:
+def test_boot_timeout_waits_for_the_collector(store: Store) -> None:
+    # Issue 11 (evidence, not assumption): only a boot seen never to register
+    # is given up; while the collector cannot be seen it may be up and busy.
     w = World(store)
     w.want(1)
     w.controller.cycle()
     (rid,) = w.sites["a"].created
     w.slots.fail = RuntimeError("collector down")
     w.clock.now += LIMITS.boot_timeout_s + 1
+    plan = w.controller.cycle()
+    assert rid not in w.sites["a"].destroyed
+    assert [h.why for h in plan.held_back] == ["boot timeout withheld: the collector cannot vouch"]
+    w.slots.fail = None  # the collector answers, and has no ad of it: given up
     w.controller.cycle()
     assert rid in w.sites["a"].destroyed
     assert w.states()[rid] is State.GONE

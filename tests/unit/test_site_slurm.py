@@ -2,7 +2,7 @@
 queue parsed from squeue/sinfo output, and the pilot script it renders
 (checked by bash itself); and at the edge of its calls, with an executor
 answering as Slurm would (or the real LocalExecutor running a stand-in
-squeue that hangs): the deadline of every command, sbatch's --export=NONE,
+squeue that hangs): the deadline of every command, sbatch's --export=NIL,
 and malformed output as a SiteError. Its calls to a real Slurm are tested
 on the lab's cluster (tests/integration/test_site_slurm.py)."""
 
@@ -297,12 +297,12 @@ def test_pilots_are_submitted_with_none_of_the_controllers_environment(tmp_path:
     executor = Scripted({**STAGED, "sbatch": "4242\n"})
     assert _site(tmp_path, executor).create("tide-maxwell-0000abcd") == {"job_id": "4242"}
     (sbatch,) = [argv for argv, _ in executor.calls if argv[0] == "sbatch"]
-    assert "--export=NONE" in sbatch
-    assert not [arg for arg in sbatch if arg.startswith("--export") and arg != "--export=NONE"]
+    assert "--export=NIL" in sbatch
+    assert not [arg for arg in sbatch if arg.startswith("--export") and arg != "--export=NIL"]
 
 
 def test_the_pilot_sets_its_own_path_and_home(tmp_path: Path) -> None:
-    """With --export=NONE a job may start with next to no environment: the
+    """With --export=NIL a job may start with next to no environment: the
     script's first lines give it a standard PATH and the user's HOME."""
     script = _site(tmp_path).script("tide-maxwell-0000abcd")
     prologue = script.split("\ntoken=", 1)[0]

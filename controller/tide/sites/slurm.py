@@ -13,11 +13,13 @@ SiteError naming the site, the command and the line: the site cannot be
 seen this cycle, rather than seen wrong.
 
 Nothing of the controller's environment reaches a pilot: sbatch runs with
-`--export=NONE` (and a local executor gives it only PATH, HOME, the user
+`--export=NIL` (and a local executor gives it only PATH, HOME, the user
 and locale), so the job gets Slurm's SLURM_* variables and whatever the
 cluster sets up for a job, not the daemon's CONDOR_CONFIG (its token
 folder) or anything else. The script sets a standard PATH (and HOME) for
-itself.
+itself. NIL, not NONE: NONE also implies --get-user-env, which makes slurmd
+run a login shell for the user first (slow on a real cluster, and fatal to
+a containerized slurmd: "clone: Operation not permitted").
 
 The pilot (templates/slurm-pilot.sh.j2, submitted on sbatch's stdin) runs
 an HTCondor startd in the job, one partitionable slot of the site's shape,
@@ -178,7 +180,7 @@ class SlurmBackfillSite:
             f"--time={cfg.walltime}",
             f"--chdir={work_dir}",
             "--output=%x-%j.out",
-            "--export=NONE",  # nothing of the controller's environment reaches the pilot
+            "--export=NIL",  # nothing of the controller's environment reaches the pilot
             "--signal=B:TERM@60",  # the walltime's end: vacate a minute before the kill
             "--no-requeue",  # a pilot taken back by the owners is gone, not queued again
         ]

@@ -1,0 +1,341 @@
+"""Simulated sites: tide.sites.base.SiteAdapter implementations over the
+simulated world. Every call goes through World.call, which advances the
+virtual clock by the call's duration and injects the schedule's faults
+(crash before/after, failure, hang past the deadline, late effect).
+
+- DockerSim: boots in seconds; drains its startds (a DrainingSite);
+  destroy stops the container at once (running jobs killed).
+- OpenStackSim: cannot drain; boots take 20-120 s; a boot may fail
+  (Owned.failed, status ERROR); a young server may be missing from the
+  listing for a few seconds (listing lag).
+- SlurmSim: a backfill site (BackfillSite.owner_queue, DrainingSite) with N
+  nodes. A pilot without a free node is queued (Owned.placed=False).
+  Destroy is SIGTERM: running jobs are vacated back to idle, the pilot stays
+  listed holding its node for 1-20 s, then it is gone. Owners submit jobs
+  in bursts wanting nodes; the head owner job starts as soon as enough nodes
+  are free (owners before pilots).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tide.model import Shape, SiteLimits
+from tide.sites.base import Owned, OwnerQueue, SiteError
+
+if TYPE_CHECKING:
+    from tests.simulation.world import World
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """One simulated site of a scenario."""
+
+    name: str
+    kind: str  # docker, openstack, slurm
+    shape: Shape
+    limits: SiteLimits
+    nodes: int = 0  # slurm: nodes of the cluster
+    call_s: tuple[float, float] = (0.05, 1.0)  # a normal call's duration
+
+    @property
+    def max_call_s(self) -> float:
+        return self.call_s[1]
+
+
+@dataclass
+class SimResource:
+    rid: str
+    created_at: float
+    details: dict[str, str]
+    listed_from: float
+    status: str = "BUILD"
+    failed: bool = False
+    placed: bool = True
+    vacating: bool = False
+    late: bool = False  # created by a call that had already timed out
+
+
+@dataclass
+class OwnerJob:
+    id: int
+    nodes: int
+    duration: float
+    submitted_at: float
+    started: bool = False
+
+
+class SimSite:
+    """What every simulated site shares."""
+
+    def __init__(self, world: World, spec: SiteSpec) -> None:
+        self.world = world
+        self.spec = spec
+        self.name = spec.name
+        self.resources: dict[str, SimResource] = {}
+        self._requests = 0
+
+    # --- the SiteAdapter interface ------------------------------------
+
+    def create(self, resource_id: str) -> Mapping[str, str]:
+        self.world.on_create_call(self.name, resource_id)
+        return self.world.call(
+            f"{self.name}.create", lambda: self._create(resource_id), site=self.name
+        )
+
+    def list_owned(self) -> list[Owned]:
+        return self.world.call(f"{self.name}.list", self._list, site=self.name)
+
+    def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
+        self.world.on_destroy_call(self.name, resource_id)
+        self.world.call(f"{self.name}.destroy", lambda: self._destroy(resource_id), site=self.name)
+
+    # --- effects --------------------------------------------------------
+
+    def _create(self, rid: str) -> dict[str, str]:
+        w = self.world
+        now = w.clock()
+        late = w.in_late_effect
+        r = SimResource(rid, now, {"server_id": f"srv-{rid}"}, listed_from=now, late=late)
+        self.resources[rid] = r
+        w.log(f"{self.name}: {rid} created" + (" (late)" if late else ""))
+        w.on_created(self.name, rid, late=late)
+        self._boot(r)
+        return dict(r.details)
+
+    def _boot(self, r: SimResource) -> None:
+        raise NotImplementedError
+
+    def _startd(self, rid: str) -> None:
+        """The resource's startd starts (if the resource still exists)."""
+        r = self.resources.get(rid)
+        if r is None or r.vacating or r.failed:
+            return
+        r.status = "RUNNING"
+        self.world.pool.boot(rid, self.name, self.spec.shape)
+
+    def _list(self) -> list[Owned]:
+        now = self.world.clock()
+        return [
+            Owned(r.rid, r.status, dict(r.details), failed=r.failed, placed=r.placed)
+            for _, r in sorted(self.resources.items())
+            if now >= r.listed_from
+        ]
+
+    def _destroy(self, rid: str) -> None:
+        r = self.resources.pop(rid, None)
+        if r is not None:
+            w = self.world
+            w.log(f"{self.name}: {rid} destroyed")
+            s = w.pool.startds.get(rid)
+            if s is not None and s.jobs and rid in w.withdrawn_for_drain:
+                # KNOWN GAP (issue 11, not closed yet): a site that cannot drain
+                # its startds has their ads withdrawn instead; a job matched
+                # after the startd re-advertised, and before the destroy, dies.
+                # Counted and reported, not failed: any other kill fails.
+                w.known_gaps.append(f"{rid} at {self.name}: {len(s.jobs)} jobs (no drain channel)")
+                w.pool.remove(rid, allowed=True, why="")
+                return
+            w.pool.remove(rid, allowed=False, why="destroyed with its jobs running")
+
+    # --- startd drains (DrainingSite), for the sites that can -----------
+
+    def _drain(self, rid: str, on: bool) -> str:
+        s = self.world.pool.startds.get(rid)
+        if s is None:
+            raise SiteError(f"{self.name}: {rid}: no startd to signal", retryable=True)
+        s.draining = on
+        self._requests += 1
+        return f"drain-{self._requests}"
+
+
+class DockerSim(SimSite):
+    def _boot(self, r: SimResource) -> None:
+        self.world.after(self.world.rng.uniform(1.0, 5.0), lambda: self._startd(r.rid), None)
+
+    def drain_startd(self, resource_id: str, reason: str) -> str:
+        self.world.on_drain_call(self.name, resource_id)
+        return self.world.call(
+            f"{self.name}.drain", lambda: self._drain(resource_id, True), site=self.name
+        )
+
+    def cancel_startd_drain(self, resource_id: str, request_id: str) -> None:
+        self.world.on_cancel_drain_call(self.name, resource_id)
+        self.world.call(
+            f"{self.name}.undrain", lambda: self._drain(resource_id, False), site=self.name
+        )
+
+
+class OpenStackSim(SimSite):
+    def _create(self, rid: str) -> dict[str, str]:
+        details = super()._create(rid)
+        w = self.world
+        if w.rng.random() < 0.3:  # Nova's listing lags behind its create call
+            self.resources[rid].listed_from = w.clock() + w.rng.uniform(0.0, 10.0)
+        return details
+
+    def _boot(self, r: SimResource) -> None:
+        w = self.world
+        if w.rng.random() < 0.1:
+
+            def error() -> None:
+                if r.rid in self.resources:
+                    r.status, r.failed = "ERROR", True
+
+            w.after(w.rng.uniform(5.0, 60.0), error, None)
+            return
+        w.after(w.rng.uniform(20.0, 120.0), lambda: self._startd(r.rid), None)
+
+
+class SlurmSim(SimSite):
+    def __init__(self, world: World, spec: SiteSpec) -> None:
+        super().__init__(world, spec)
+        self.owner_jobs: list[OwnerJob] = []  # pending and running, in submit order
+        self._next_owner_job = 0
+        self.pending_pilots: list[str] = []
+        # Invariant 4: since when the head owner job waits only because pilots hold nodes.
+        self.blocked_since: float | None = None
+        self.last_answer: OwnerQueue | None = None
+        self.vacate_s = (1.0, 20.0)  # a SIGTERMed pilot holds its node this long
+
+    # nodes
+
+    def owner_nodes(self) -> int:
+        return sum(j.nodes for j in self.owner_jobs if j.started)
+
+    def pilot_nodes(self) -> int:
+        return sum(1 for r in self.resources.values() if r.placed)
+
+    def free_nodes(self) -> int:
+        return self.spec.nodes - self.owner_nodes() - self.pilot_nodes()
+
+    def waiting(self) -> list[OwnerJob]:
+        return [j for j in self.owner_jobs if not j.started]
+
+    def vacating(self) -> int:
+        return sum(1 for r in self.resources.values() if r.vacating)
+
+    def schedule(self) -> None:
+        """Owners first (FIFO, the head blocks the rest), then queued pilots."""
+        w = self.world
+        for job in self.owner_jobs:
+            if job.started:
+                continue
+            if job.nodes > self.free_nodes():
+                break
+            job.started = True
+            w.log(f"{self.name}: owner job {job.id} starts on {job.nodes} nodes")
+            w.after(job.duration, self._owner_done(job), None)
+        if not self.waiting():
+            while self.pending_pilots and self.free_nodes() > 0:
+                rid = self.pending_pilots.pop(0)
+                r = self.resources[rid]
+                r.placed, r.status = True, "RUNNING"
+                w.after(w.rng.uniform(2.0, 8.0), functools.partial(self._startd, rid), None)
+        self._blocked()
+
+    def _blocked(self) -> None:
+        waiting = self.waiting()
+        head = waiting[0] if waiting else None
+        blocked = head is not None and head.nodes <= self.spec.nodes - self.owner_nodes()
+        if not blocked:
+            self.blocked_since = None
+        elif self.blocked_since is None:
+            self.blocked_since = self.world.clock()
+
+    def _owner_done(self, job: OwnerJob) -> Callable[[], None]:
+        def done() -> None:
+            self.owner_jobs.remove(job)
+            self.schedule()
+
+        return done
+
+    def owners_submit(
+        self, count: int, nodes: int | None = None, duration_s: float | None = None
+    ) -> None:
+        w = self.world
+        for _ in range(count):
+            self._next_owner_job += 1
+            wanted = min(self.spec.nodes, 1 + int(w.rng.random() * 2.2)) if nodes is None else nodes
+            self.owner_jobs.append(
+                OwnerJob(
+                    self._next_owner_job,
+                    wanted,
+                    w.rng.uniform(30.0, 200.0) if duration_s is None else duration_s,
+                    w.clock(),
+                )
+            )
+        w.log(
+            f"{self.name}: owners submit {count} jobs"
+            f" ({[j.nodes for j in self.waiting()]} nodes wait)"
+        )
+        self.schedule()
+
+    # effects
+
+    def _boot(self, r: SimResource) -> None:
+        r.placed, r.status = False, "PENDING"
+        self.pending_pilots.append(r.rid)
+        self.schedule()
+
+    def _destroy(self, rid: str) -> None:
+        w = self.world
+        r = self.resources.get(rid)
+        if r is None or r.vacating:
+            return  # gone, or already told: a second SIGTERM changes nothing
+        if not r.placed:
+            del self.resources[rid]
+            self.pending_pilots.remove(rid)
+            w.log(f"{self.name}: queued pilot {rid} cancelled")
+            return
+        evacuation = w.evacuation_context(self.name)
+        w.on_evacuate(self, rid)
+        r.vacating, r.status = True, "RUNNING"
+        w.log(f"{self.name}: pilot {rid} SIGTERM: vacating")
+        w.pool.remove(
+            rid, allowed=evacuation, why="vacated, but no owner waits and no operator evacuates"
+        )
+
+        def gone() -> None:
+            self.resources.pop(rid, None)
+            w.log(f"{self.name}: pilot {rid} gone, its node free")
+            self.schedule()
+
+        w.after(w.rng.uniform(*self.vacate_s), gone, None)
+
+    def _owner_queue(self) -> OwnerQueue:
+        waiting = self.waiting()
+        answer = OwnerQueue(
+            pending_nodes=sum(j.nodes for j in waiting), free_nodes=max(0, self.free_nodes())
+        )
+        self.last_answer = answer
+        self.world.on_owner_answer(self.name, answer)
+        return answer
+
+    # BackfillSite and DrainingSite
+
+    def owner_queue(self) -> OwnerQueue:
+        return self.world.call(f"{self.name}.owners", self._owner_queue, site=self.name)
+
+    def drain_startd(self, resource_id: str, reason: str) -> str:
+        self.world.on_drain_call(self.name, resource_id)
+        self.world.call(
+            f"{self.name}.drain", lambda: self._drain(resource_id, True), site=self.name
+        )
+        return "SIGUSR1"
+
+    def cancel_startd_drain(self, resource_id: str, request_id: str) -> None:
+        self.world.on_cancel_drain_call(self.name, resource_id)
+        self.world.call(
+            f"{self.name}.undrain", lambda: self._drain(resource_id, False), site=self.name
+        )
+
+
+KINDS: dict[str, type[SimSite]] = {
+    "docker": DockerSim,
+    "openstack": OpenStackSim,
+    "slurm": SlurmSim,
+}
