@@ -84,25 +84,37 @@ class Actuator:
         return {site: self._batch(site, actions) for site, actions in per_site.items()}
 
     def _batch(self, site: str, actions: list[Action]) -> Callable[[], None]:
+        """The site's actions in order; the slot ads of what was destroyed are
+        withdrawn last, so a slow collector delays no destroy or evacuation."""
+
         def run() -> None:
+            later: list[str] = []
             for action in actions:
                 try:
-                    self.act(site, action)
+                    self.act(site, action, later)
                 except Exception as exc:  # one action's failure ends that action only
                     self.failed(site, "act", "action failed", _target(action), exc)
+            for rid in later:
+                self._withdraw(site, rid)
 
         return run
 
-    def act(self, site: str, action: Action) -> None:
+    def act(self, site: str, action: Action, later: list[str] | None = None) -> None:
+        """Carry out one action; withdrawals of destroyed resources' ads go to
+        `later` when given (done at once otherwise)."""
+        withdraw = later if later is not None else []
         now = self._clock()
         if isinstance(action, Create):
             self._create(site, action)
         elif isinstance(action, Destroy):
             if action.boot_failed:
                 self._store.boot_failed(site, now)
-            self._destroy(site, action.resource, action.reason, withdraw=True)
+            if self._destroy(site, action.resource, action.reason):
+                withdraw.append(action.resource)
         elif isinstance(action, Evacuate):
-            self._evacuate(site, action.resource, action.reason)
+            event(log, "evacuating", site=site, resource=action.resource, reason=action.reason)
+            if self._destroy(site, action.resource, action.reason):
+                withdraw.append(action.resource)
         elif isinstance(action, Drain):
             self._store.drain(action.resource, now, action.reason, held=action.held)
             event(log, "draining", site=site, resource=action.resource, reason=action.reason)
@@ -111,6 +123,9 @@ class Actuator:
             self._tell_drain(site, action.resource, action.reason)
         elif isinstance(action, Undrain):
             self._undrain(site, action.resource, action.reason)
+        if later is None:
+            for rid in withdraw:
+                self._withdraw(site, rid)
 
     # --- the actions ------------------------------------------------------
 
@@ -149,7 +164,10 @@ class Actuator:
         if current is not None and current.state is expected:
             self._store.move(rid, to, self._clock(), reason)
 
-    def _destroy(self, site: str, rid: str, reason: str, *, withdraw: bool) -> None:
+    def _destroy(self, site: str, rid: str, reason: str) -> bool:
+        """Destroy it (STOPPING written first); whether its site took the call.
+        An evacuation is one too: the site's destroy vacates running jobs (a
+        Slurm pilot's SIGTERM trap), and the owners wait for no collector call."""
         adapter = self._sites[site][1]
         self._store.move(rid, State.STOPPING, self._clock(), reason)  # before the call
         try:
@@ -157,25 +175,17 @@ class Actuator:
         except Exception as exc:
             wait = self._store.destroy_failed(rid, self._clock(), self._limits(site))
             self.failed(site, "destroy", f"destroy failed: retried in {wait:.0f}s", rid, exc)
-            return
+            return False
         if isinstance(adapter, BackfillSite):  # gone once its site no longer lists it
             self._store.destroy_pending(rid, self._clock() + VACATE_RECHECK_S)
             event(log, "told to go", site=site, resource=rid, reason=reason)
         else:
             self._store.move(rid, State.GONE, self._clock(), "destroyed")
             event(log, "destroyed", site=site, resource=rid, reason=reason)
-        if withdraw:
-            self._withdraw(site, rid)
+        return True
 
     def _limits(self, site: str) -> float:
         return self._sites[site][0].limits.destroy_retry_max_s
-
-    def _evacuate(self, site: str, rid: str, reason: str) -> None:
-        """No new match there (its slot ads withdrawn), then destroy it: the
-        site's destroy vacates running jobs (a Slurm pilot's SIGTERM trap)."""
-        self._withdraw(site, rid)
-        event(log, "evacuating", site=site, resource=rid, reason=reason)
-        self._destroy(site, rid, reason, withdraw=False)
 
     def _withdraw(self, site: str, rid: str) -> None:
         try:
@@ -215,9 +225,11 @@ class Actuator:
         r = self._store.get(rid)
         if r is None or r.held or r.drain_requested:
             return
-        if r.drain_request and self._startds is not None:
+        # A drain we never recorded (None: a lost state file, a drain told but
+        # not recorded) is cancelled too; "" is a withdrawal, nothing to cancel.
+        if r.drain_request != "" and self._startds is not None:
             try:
-                self._startds.cancel_drain(site, rid, r.drain_request)
+                self._startds.cancel_drain(site, rid, r.drain_request or "")
             except Exception as exc:
                 self.failed(site, "undrain", "startd undrain failed: retried later", rid, exc)
                 return

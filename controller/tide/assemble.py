@@ -30,7 +30,7 @@ from tide.loop import Controller, DemandSource
 from tide.metrics import Metrics
 from tide.model import Demand, Site
 from tide.runner import Runner
-from tide.sites.base import Owned, PoolEndpoint, SiteAdapter, SiteError
+from tide.sites.base import BackfillSite, Owned, OwnerQueue, PoolEndpoint, SiteAdapter, SiteError
 from tide.slots import CollectorSlots
 from tide.startds import SiteStartds
 from tide.store import Store, new_resource_id, random_suffix
@@ -150,19 +150,41 @@ def _slurm_adapter(
 
 
 class ReadOnlySite:
-    """A stand-in adapter for `tide plan`: it lists nothing and refuses to act."""
+    """A configured site's adapter for `tide plan`: it asks what the daemon
+    asks (the listing) and refuses to act."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, inner: SiteAdapter) -> None:
+        self.name = inner.name
+        self._inner = inner
 
     def create(self, resource_id: str) -> Mapping[str, str]:
         raise RuntimeError(f"site {self.name}: read-only, create refused")
 
     def list_owned(self) -> list[Owned]:
-        return []
+        return self._inner.list_owned()
 
     def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
         raise RuntimeError(f"site {self.name}: read-only, destroy refused")
+
+
+class ReadOnlyBackfillSite(ReadOnlySite):
+    """ReadOnlySite of a backfill site: its owners' queue is read too."""
+
+    def __init__(self, inner: SiteAdapter) -> None:
+        super().__init__(inner)
+        assert isinstance(inner, BackfillSite)
+        self._queue = inner
+
+    def owner_queue(self) -> OwnerQueue:
+        return self._queue.owner_queue()
+
+
+def read_only(adapters: Mapping[str, SiteAdapter]) -> dict[str, SiteAdapter]:
+    """The adapters for `tide plan`: they list and read, and act on nothing."""
+    return {
+        name: ReadOnlyBackfillSite(a) if isinstance(a, BackfillSite) else ReadOnlySite(a)
+        for name, a in adapters.items()
+    }
 
 
 def demand_source(
@@ -209,7 +231,9 @@ def remember_site_configs(config: Config, store: Store, retiring: Collection[str
             store.set_site_config(name, site.model_dump_json())
 
 
-def with_retiring_sites(config: Config, store: Store) -> tuple[Config, frozenset[str]]:
+def with_retiring_sites(
+    config: Config, store: Store, *, write: bool = True
+) -> tuple[Config, frozenset[str]]:
     """`config` plus every site the state file still has live resources at
     that the file no longer names, rebuilt from the configuration it last ran
     with and marked retiring: it boots nothing and gives everything back
@@ -226,7 +250,8 @@ def with_retiring_sites(config: Config, store: Store) -> tuple[Config, frozenset
         if record.name in sites:
             continue
         if record.name not in alive:
-            store.forget_site(record.name)
+            if write:
+                store.forget_site(record.name)
             continue
         saved = store.site_config(record.name)
         if saved is None:
@@ -247,25 +272,25 @@ def build_controller(
     config: Config,
     store: Store,
     *,
-    adapters: Mapping[str, SiteAdapter] | None,
+    adapters: Mapping[str, SiteAdapter],
     metrics: Metrics | None,
     runner: Runner | None = None,
     retiring: Collection[str] = (),
+    plan_only: bool = False,
 ) -> Controller:
-    """The controller of `config`; adapters None builds a read-only one (`tide plan`)."""
+    """The controller of `config`; `plan_only` (`tide plan`): its sites list
+    and read but act on nothing, and it writes nothing."""
+    acting = read_only(adapters) if plan_only else dict(adapters)
     sites: dict[str, tuple[Site, SiteAdapter]] = {
-        name: (
-            replace(site_model(name, cfg), retiring=name in retiring),
-            ReadOnlySite(name) if adapters is None else adapters[name],
-        )
+        name: (replace(site_model(name, cfg), retiring=name in retiring), acting[name])
         for name, cfg in config.sites.items()
     }
     return Controller(
         sites=sites,
         store=store,
-        demand=demand_source(config, store, remember=adapters is not None),
+        demand=demand_source(config, store, remember=not plan_only),
         slots=CollectorSlots(config.pool.collector),
-        startds=None if adapters is None else SiteStartds(adapters),
+        startds=None if plan_only else SiteStartds(adapters),
         metrics=metrics,
         clock=time.time,
         new_id=lambda site: new_resource_id(site, random_suffix()),

@@ -290,6 +290,21 @@ def _print_plan(plan: Plan) -> None:
         for a in plan.actions
     ]
     print(_table(["ACTION", "TARGET", "COUNT", "REASON"], rows) if rows else "no action")
+    if plan.held_back:
+        print()
+        print(
+            _table(
+                ["HELD BACK", "TARGET", "WHY"],
+                [
+                    [
+                        type(h.action).__name__.lower(),
+                        h.action.site if isinstance(h.action, Create) else h.action.resource,
+                        h.why,
+                    ]
+                    for h in plan.held_back
+                ],
+            )
+        )
     if plan.unmatched:
         print()
         print(
@@ -334,12 +349,24 @@ def _check(config: Config, args: argparse.Namespace) -> int:
 
 def _plan(config: Config, args: argparse.Namespace) -> int:
     from tide import assemble  # noqa: PLC0415
+    from tide.daemon import configured_adapters  # noqa: PLC0415
+    from tide.sites.base import PoolEndpoint  # noqa: PLC0415
 
     check_secrets(config)
     folder = assemble.configure_htcondor(config.pool.collector, config.pool.token_file)
     try:
         with Store.open(config.loop.state_file, exclusive=False) as store:
-            controller = assemble.build_controller(config, store, adapters=None, metrics=None)
+            config, retiring = assemble.with_retiring_sites(config, store, write=False)
+            owner = config.loop.owner or socket.gethostname()
+            pool = PoolEndpoint(config.pool.collector, config.pool.domain)
+            controller = assemble.build_controller(
+                config,
+                store,
+                adapters=configured_adapters(config, owner, pool),
+                metrics=None,
+                retiring=retiring,
+                plan_only=True,
+            )
             _print_plan(controller.preview())
     finally:
         assemble.remove_htcondor_config(folder)

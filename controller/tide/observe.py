@@ -30,6 +30,10 @@ from tide.store import EVACUATE_ALL, SiteRecord
 _BOOTS = frozenset({State.REQUESTED, State.BOOTING})
 _LIVE = frozenset({State.RUNNING, State.DRAINING})
 _UNSEEN = SlotState(advertised=False, claimed_slots=0)
+STARTD_UPDATE_S = 60.0
+"""An ad older than a startd's update may lag (Tide's workers update every
+30 s): a RUNNING record this young whose ad still says "draining" is an
+undrain the collector has not heard of yet."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ def _promoted(
         return replace(r, state=State.RUNNING, state_since=now, idle_since=None, lost_since=None)
     if (
         r.state is State.STOPPING
-        and r.destroy_failures > 0
+        and (r.destroy_failures > 0 or r.destroy_due is None)  # its site never took the destroy
         and slot.advertised
         and slot.claimed_slots > 0
         and not slot.drained
@@ -128,6 +132,14 @@ def _promoted(
             )
         )
         return replace(r, state=State.DRAINING, state_since=now, drain_request=None)
+    if (
+        r.state is State.RUNNING
+        and slot.draining
+        and now - r.state_since >= STARTD_UPDATE_S
+        and r.drain_request is None
+    ):  # its startd drains, asked by no record of ours (a lost state file): say so
+        moves.append(Move(r.id, r.site, State.DRAINING, "its startd drains"))
+        return replace(r, state=State.DRAINING, state_since=now)
     if r.state is State.REQUESTED and owned is not None:
         moves.append(Move(r.id, r.site, State.BOOTING, "listed by its site"))
         return replace(r, state=State.BOOTING, state_since=now)

@@ -170,22 +170,30 @@ def _withhold(snapshot: Snapshot, actions: list[Action], unmatched: list[Demand]
             # running a job while the collector cannot be seen (or has
             # restarted and not heard from it yet).
             held.append(HeldBack(action, "boot timeout withheld: the collector cannot vouch"))
-        elif not snapshot.safe_to_scale_down and _scales_down(action, r, snapshot.slots_known):
+        elif not snapshot.safe_to_scale_down and _scales_down(
+            action, r, snapshot.slots_known, backfill=site in snapshot.owners
+        ):
             held.append(HeldBack(action, _blind(snapshot)))
         else:
             kept.append(action)
     return Plan(tuple(kept), tuple(unmatched), tuple(held))
 
 
-def _scales_down(action: Action, r: Resource | None, slots_known: bool) -> bool:
+def _scales_down(
+    action: Action, r: Resource | None, slots_known: bool, *, backfill: bool = False
+) -> bool:
     if isinstance(action, Drain):
         return not action.held
     if not isinstance(action, Destroy) or r is None:
         return False
     if r.state is State.FAILED:  # its create failed: it may have come up since (a
         return not slots_known  # deadline, then the cloud went on), so only if seen not to
-    if r.state is State.STOPPING or action.boot_failed:
-        return False  # under way already, or a boot that timed out
+    if r.state is State.STOPPING:  # a destroy to retry: it may have come up meanwhile
+        # and run jobs, so only while the collector vouches - except at a
+        # backfill site, whose destroy vacates jobs back to idle (an evacuation)
+        return not slots_known and not backfill
+    if action.boot_failed:
+        return False  # a boot that timed out (see _withhold while the collector is unseen)
     return not (r.held and r.drained)  # an operator's drain, done
 
 
@@ -213,12 +221,15 @@ class _Pool:
     drained: list[Resource] = field(default_factory=list)  # to destroy: nothing runs there
     lost: list[Resource] = field(default_factory=list)  # no slot advertised for lost_timeout_s
     busy: list[Resource] = field(default_factory=list)  # jobs running, or may be: fully used
-    leaving: list[Resource] = field(default_factory=list)  # stopping or failed: no quota held
+    leaving: list[Resource] = field(default_factory=list)  # stopping or failed: no quota
+    # held, unless it is seen still there (a failed destroy, an advertised slot)
 
     @property
     def occupied(self) -> int:
         """Machines that count against the quota but serve no idle job."""
-        return len(self.busy) + len(self.drained) + len(self.lost)
+        # Still there: a destroy failed, or its slot is advertised.
+        stuck = sum(1 for r in self.leaving if r.destroy_failures > 0 or r.advertised)
+        return len(self.busy) + len(self.drained) + len(self.lost) + stuck
 
     @property
     def usable(self) -> int:

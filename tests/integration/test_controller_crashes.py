@@ -71,6 +71,7 @@ class Soak:
     last_events: Counter[str] = field(default_factory=Counter)
     states_at_kills: Counter[str] = field(default_factory=Counter)
     leaked_at_kills: list[str] = field(default_factory=list)
+    kill_times: list[str] = field(default_factory=list)  # UTC, to read beside the daemon's log
 
 
 def _config(tmp: Path, owner: str, site: str) -> Path:
@@ -194,6 +195,7 @@ def _soak(d: Daemon, state_file: Path, waves: list[Wave], rng: random.Random, so
             )
         d.kill()
         soak.kills += 1
+        soak.kill_times.append(datetime.now(UTC).strftime("%H:%M:%S.%f")[:-3])
         # No daemon runs now: every container must be one the store knows.
         records = _records(state_file, d.site)
         soak.leaked_at_kills += sorted(_containers(d.owner) - set(records))
@@ -273,7 +275,10 @@ def test_a_daemon_killed_at_random_moments_leaks_forgets_and_kills_nothing(
         )
         assert not leaked, f"leaked (a container, no live record): {leaked}; {records}"
         assert not forgotten, f"forgotten (a live record, no container): {forgotten}"
-        assert not jobs_killed, f"jobs not run cleanly exactly once: {_history(soak.clusters)}"
+        assert not jobs_killed, (
+            f"jobs not run cleanly exactly once: {jobs_killed} (condor_history "
+            f"{_history(soak.clusters)}; kills at {soak.kill_times}; log {d.log})"
+        )
         assert not jobs_lost, f"jobs not completed exactly once: {jobs_lost}"
         assert not containers, "the site did not scale back to zero"
         assert not records, "the store did not settle at zero"

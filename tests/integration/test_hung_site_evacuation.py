@@ -53,9 +53,12 @@ def cluster() -> Iterator[None]:
     _cancel_all()
 
 
-def cloud_site(tmp: Path, cloud: FakeOpenStack, name: str) -> str:
-    """The YAML `sites` mapping of one OpenStack site on the fake cloud; its
-    creates are retried soon after each failure, so the call keeps hanging."""
+def cloud_site(tmp: Path, cloud: FakeOpenStack, name: str, boots: int = 1) -> str:
+    """The YAML `sites` mapping of one OpenStack site on the fake cloud, with
+    at most `boots` servers: a create past its deadline is a boot in flight
+    (until its listing grace runs out), so with demand for `boots` servers
+    the daemon calls create again and again, and its lane is nearly always
+    waiting on the hung cloud."""
     p = cloud.project
     config = {
         "kind": "openstack",
@@ -67,7 +70,12 @@ def cloud_site(tmp: Path, cloud: FakeOpenStack, name: str) -> str:
         "security_groups": [p.security_groups[1].name],
         "worker_token_file": str(_secret(tmp, "worker.token")),
         "shape": {"cpus": 2, "memory_mb": 1024, "disk_mb": 2048},
-        "limits": {"max_resources": 1, "max_booting": 1, "backoff_base_s": 1, "backoff_max_s": 2},
+        "limits": {
+            "max_resources": boots,
+            "max_booting": boots,
+            "backoff_base_s": 1,
+            "backoff_max_s": 2,
+        },
     }
     text: str = yaml.safe_dump({name: config}, sort_keys=False)
     return text

@@ -119,6 +119,18 @@ class Checker:
     def booted(self, site: str) -> None:
         self._streak.pop(site, None)
 
+    def _registered_since(self, site: str, t: float) -> bool:
+        """Whether the controller recorded a boot at `site` as running since t."""
+        store = self.w.operator_store()
+        if store is None:
+            return False
+        return any(
+            tr.to_state is State.RUNNING and tr.reason == "slot advertised" and tr.at >= t
+            for r in store.all()
+            if r.site == site
+            for tr in store.history(r.id)
+        )
+
     def state_lost(self) -> None:
         """The state file is lost: the timers it kept (backoff, the owners'
         last wait) are gone with it; invariant 8 starts again."""
@@ -134,6 +146,8 @@ class Checker:
         limits = w.specs[site].limits
         started = w.cycle_started_at
         n, failed_at = self._streak.get(site, (0, 0.0))
+        if n > 0 and self._registered_since(site, failed_at):
+            n = 0  # a boot registered since (the controller saw its slot): the backoff ends
         if n > 0:
             wait = min(limits.backoff_base_s * 2.0 ** (n - 1), limits.backoff_max_s)
             if started < failed_at + wait - 1e-6:
@@ -174,6 +188,8 @@ class Checker:
         history = store.history(rid)
         if len(history) < 2 or history[-2].to_state not in _BOOTS:
             return
+        if history[-1].at < w.cycle_started_at:
+            return  # a destroy decided before this cycle, retried: not a new scale-down
         if w.clock() - res.created_at >= w.specs[site].limits.boot_timeout_s - 5.0:
             return
         s = w.pool.startds.get(rid)
@@ -241,6 +257,9 @@ class Checker:
         w = self.w
         if site.name in w.paused_since or not site.waiting():
             return
+        resumed = w.resumed_at.get(site.name)
+        if resumed is not None and resumed >= w.cycle_started_at:
+            return  # an operator's evacuation, resumed while this cycle carried it out
         r = self._record(rid)
         if r is None or r.state is State.GONE:
             return  # an orphan's destroy: not given back for the owners

@@ -91,7 +91,7 @@ class Pool:
     def slot_states(self) -> dict[str, SlotState]:
         """What the collector says, by TideResourceId (as tide.loop.slots_from_ads)."""
         return {
-            rid: SlotState(True, len(s.jobs), s.draining and not s.jobs)
+            rid: SlotState(True, len(s.jobs), s.draining and not s.jobs, draining=s.draining)
             for rid, s in sorted(self.startds.items())
             if s.advertised
         }

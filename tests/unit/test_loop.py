@@ -712,7 +712,7 @@ def test_waiting_owners_get_the_least_busy_resource_back(store: Store) -> None:
     w.clock.now += 1
     plan = w.controller.cycle()
     assert [type(a).__name__ for a in plan.actions] == ["Evacuate"]
-    assert w.slots.withdrawn == [r2]  # no new match there, before its destroy
+    assert w.slots.withdrawn == [r2]  # no new match there (after its SIGTERM: owners first)
     assert site.destroyed == [r2]
     # Told to go, it holds its node while HTCondor vacates its jobs: STOPPING
     # until its site no longer lists it (issue 11, point 4).
