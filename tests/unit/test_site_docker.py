@@ -13,7 +13,6 @@ import json
 import socket
 import threading
 import uuid
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
+from tests.unit.deadline import within
 from tide.config import DockerSiteConfig
 from tide.sites import docker as docker_site
 from tide.sites.base import DeadlineExceeded, PoolEndpoint, SiteAdapter, SiteError
@@ -229,27 +229,6 @@ def _site(engine: FakeEngine, token_file: Path, *, grace_s: int = 0) -> DockerSi
     )
 
 
-def _within(deadline_s: float, call: Callable[[], object]) -> BaseException | None:
-    """Run call in a thread; the exception it raised, None if it returned. Fails
-    the test if it is still running after deadline_s (a hung call)."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as exc:  # handed to the test
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(deadline_s)
-    if thread.is_alive():
-        pytest.fail(f"the call was still running after {deadline_s:g} s: no deadline")
-    return outcome[0]
-
-
 def _ours(rid: str, port: str) -> dict[str, str]:
     return {
         "tide-owner": OWNER,
@@ -294,7 +273,7 @@ def test_an_engine_that_never_answers_is_a_deadline_exceeded(
     try:
         monkeypatch.setattr(docker_site, "API_TIMEOUT_S", 1)
         site = _built(silent.url, token_file)
-        error = _within(DEADLINE_S, site.list_owned)
+        error = within(DEADLINE_S, site.list_owned)
     finally:
         silent.close()
     assert isinstance(error, DeadlineExceeded), error
@@ -308,7 +287,7 @@ def test_a_hung_stop_is_a_deadline_exceeded(token_file: Path) -> None:
         engine.add(rid, _ours(rid, "29900"))
         engine.hang.add("stop")
         site = _site(engine, token_file, grace_s=1)
-        error = _within(DEADLINE_S, lambda: site.destroy(rid, {}))
+        error = within(DEADLINE_S, lambda: site.destroy(rid, {}))
     assert isinstance(error, DeadlineExceeded), error
     assert "destroying container" in str(error)
 

@@ -14,7 +14,7 @@ import logging
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -30,6 +30,7 @@ from openstack.connection import Connection
 
 from tests.doubles.fake_openstack import FakeOpenStack
 from tests.doubles.fake_openstack_base import Reply
+from tests.unit.deadline import within
 from tide.config import OpenStackSiteConfig
 from tide.sites import openstack as openstack_site
 from tide.sites.base import (
@@ -773,27 +774,6 @@ class Silent:
             conn.close()
 
 
-def _within(deadline_s: float, call: Callable[[], object]) -> BaseException | None:
-    """Run call in a thread; the exception it raised, None if it returned. Fails
-    the test if it is still running after deadline_s (a hung call)."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as exc:  # handed to the test
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(deadline_s)
-    if thread.is_alive():
-        pytest.fail(f"the call was still running after {deadline_s:g} s: no deadline")
-    return outcome[0]
-
-
 def _clouds_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, document: object) -> None:
     clouds = tmp_path / "clouds.yaml"
     clouds.write_text(yaml.safe_dump(document))
@@ -832,7 +812,7 @@ def test_a_cloud_that_never_answers_is_a_deadline_exceeded(
         )
         monkeypatch.setattr(openstack_site, "API_TIMEOUT_S", 0.5)
         site = _built_site(tmp_path)  # contacts nothing
-        error = _within(DEADLINE_S, site.list_owned)
+        error = within(DEADLINE_S, site.list_owned)
     finally:
         silent.close()
     assert isinstance(error, DeadlineExceeded), error
@@ -875,7 +855,7 @@ def test_a_hung_nova_call_is_a_deadline_exceeded(
         _clouds_yaml(tmp_path, monkeypatch, cloud.clouds_yaml("mycloud"))
         monkeypatch.setattr(openstack_site, "API_TIMEOUT_S", 1.0)
         site = _built_site(tmp_path)
-        error = _within(DEADLINE_S, site.list_owned)
+        error = within(DEADLINE_S, site.list_owned)
         assert cloud.recorded("POST /v3/auth/tokens")  # authenticated, then Nova hung
     assert isinstance(error, DeadlineExceeded), error
     assert error.retryable
