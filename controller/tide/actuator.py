@@ -32,7 +32,7 @@ from tide.model import (
     TellDrain,
     Undrain,
 )
-from tide.sites.base import BackfillSite, DeadlineExceeded, SiteAdapter
+from tide.sites.base import BackfillSite, DeadlineExceeded, DrainRefused, SiteAdapter
 from tide.slots import Slots
 from tide.startds import Startds
 from tide.store import Store, StoreError
@@ -116,11 +116,13 @@ class Actuator:
             if self._destroy(site, action.resource, action.reason):
                 withdraw.append(action.resource)
         elif isinstance(action, Drain):
-            self._store.drain(action.resource, now, action.reason, held=action.held)
+            drained = self._store.drain(action.resource, now, action.reason, held=action.held)
             event(log, "draining", site=site, resource=action.resource, reason=action.reason)
-            self._tell_drain(site, action.resource, action.reason)
+            self._tell_drain(site, action.resource, action.reason, only_idle=not drained.held)
         elif isinstance(action, TellDrain):
-            self._tell_drain(site, action.resource, action.reason)
+            told = self._store.get(action.resource)
+            held = told is not None and told.held
+            self._tell_drain(site, action.resource, action.reason, only_idle=not held)
         elif isinstance(action, Undrain):
             self._undrain(site, action.resource, action.reason)
         if later is None:
@@ -193,7 +195,7 @@ class Actuator:
         except Exception as exc:  # the ads expire on their own; a failure only delays that
             self.failed(site, "withdraw", "withdrawing its slot ads failed", rid, exc)
 
-    def _tell_drain(self, site: str, rid: str, reason: str) -> None:
+    def _tell_drain(self, site: str, rid: str, reason: str, *, only_idle: bool = False) -> None:
         """Tell the resource's startd to drain and record that it was told (a
         failure is told again by a later plan: the record stays untold).
         Where the site cannot reach the startd, its slot ads are withdrawn
@@ -201,7 +203,18 @@ class Actuator:
         if self._startds is None:
             return
         try:
-            request = self._startds.drain(site, rid, f"tide: {reason}")
+            request = self._startds.drain(site, rid, f"tide: {reason}", only_idle=only_idle)
+        except DrainRefused as exc:  # a job got there first: it is busy, not idle
+            event(log, "drain refused: busy after all", site=site, resource=rid, error=str(exc))
+            now = self._clock()
+            try:
+                self._store.move(
+                    rid, State.RUNNING, now, "drain refused: a job started", unless_held=True
+                )
+                self._store.set_timers({rid: {"idle_since": now}})
+            except StoreError as err:
+                event(log, "undo refused", level=logging.WARNING, resource=rid, error=str(err))
+            return
         except Exception as exc:
             self.failed(site, "drain", "startd drain failed: told again later", rid, exc)
             return

@@ -15,6 +15,7 @@ deterministic runner on a virtual clock (tests/simulation).
 from __future__ import annotations
 
 import concurrent.futures
+import queue
 import threading
 from collections.abc import Callable, Iterable
 from typing import Protocol, TypeVar
@@ -48,23 +49,30 @@ class Runner(Protocol):
 
 
 class ThreadRunner:
-    """A Runner with one worker thread per lane (daemon threads: a call hung
-    past every deadline never keeps the process from exiting)."""
+    """A Runner with one worker thread per lane. The threads are daemon
+    threads (not a ThreadPoolExecutor's, which Python joins at exit): a call
+    hung past every deadline never keeps the stopping daemon waiting."""
 
     def __init__(self) -> None:
-        self._lanes: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+        self._lanes: dict[str, queue.SimpleQueue[_Job | None]] = {}
         self._last: dict[str, concurrent.futures.Future[object]] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     def submit(self, lane: str, call: Callable[[], T]) -> Pending[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._lock:
-            executor = self._lanes.get(lane)
-            if executor is None:
-                executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix=f"tide-{lane}"
-                )
-                self._lanes[lane] = executor
-            future = executor.submit(call)
+            if self._closed:
+                future.set_exception(RuntimeError("runner closed"))
+                return future
+            jobs = self._lanes.get(lane)
+            if jobs is None:
+                jobs = queue.SimpleQueue()
+                self._lanes[lane] = jobs
+                threading.Thread(
+                    target=_work, args=(jobs,), name=f"tide-{lane}", daemon=True
+                ).start()
+            jobs.put(_Job(call, future))  # type: ignore[arg-type]
             self._last[lane] = future  # type: ignore[assignment]
         return future
 
@@ -79,11 +87,28 @@ class ThreadRunner:
             concurrent.futures.wait(futures, timeout=max(0.0, budget_s))
 
     def close(self) -> None:
-        """Stop taking work; calls under way are left to finish on their own."""
+        """Stop taking work; calls under way are left to finish on their own
+        (or to end with the process)."""
         with self._lock:
-            for executor in self._lanes.values():
-                executor.shutdown(wait=False, cancel_futures=True)
+            self._closed = True
+            for jobs in self._lanes.values():
+                jobs.put(None)
             self._lanes.clear()
+
+
+class _Job:
+    def __init__(self, call: Callable[[], object], future: concurrent.futures.Future[object]):
+        self.call, self.future = call, future
+
+
+def _work(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    while (job := jobs.get()) is not None:
+        if not job.future.set_running_or_notify_cancel():
+            continue
+        try:
+            job.future.set_result(job.call())
+        except BaseException as exc:  # handed to whoever waits on it
+            job.future.set_exception(exc)
 
 
 class InlineRunner:

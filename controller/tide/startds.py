@@ -22,9 +22,13 @@ from typing import Protocol, runtime_checkable
 class Startds(Protocol):
     """Drains and undrains the startd of one resource."""
 
-    def drain(self, site: str, resource_id: str, reason: str) -> str | None:
+    def drain(
+        self, site: str, resource_id: str, reason: str, *, only_idle: bool = False
+    ) -> str | None:
         """Start a graceful drain; a request id, or None if the site cannot
-        drain its workers' startds. Raises if the drain could not be started."""
+        drain its workers' startds. `only_idle`: the startd itself refuses if
+        it holds a claim (DrainRefused), so a job matched the moment before is
+        never evicted. Raises if the drain could not be started."""
         ...
 
     def cancel_drain(self, site: str, resource_id: str, request_id: str) -> None:
@@ -36,8 +40,9 @@ class Startds(Protocol):
 class DrainingSite(Protocol):
     """A site adapter that can drain its workers' startds itself."""
 
-    def drain_startd(self, resource_id: str, reason: str) -> str:
-        """Start a graceful drain; returns a request id. Raises SiteError."""
+    def drain_startd(self, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
+        """Start a graceful drain; returns a request id. Raises SiteError
+        (DrainRefused: `only_idle` and the startd holds a claim)."""
         ...
 
     def cancel_startd_drain(self, resource_id: str, request_id: str) -> None:
@@ -53,9 +58,13 @@ class SiteStartds:
             name: adapter for name, adapter in adapters.items() if isinstance(adapter, DrainingSite)
         }
 
-    def drain(self, site: str, resource_id: str, reason: str) -> str | None:
+    def drain(
+        self, site: str, resource_id: str, reason: str, *, only_idle: bool = False
+    ) -> str | None:
         adapter = self._sites.get(site)
-        return None if adapter is None else adapter.drain_startd(resource_id, reason)
+        if adapter is None:
+            return None
+        return adapter.drain_startd(resource_id, reason, only_idle=only_idle)
 
     def cancel_drain(self, site: str, resource_id: str, request_id: str) -> None:
         adapter = self._sites.get(site)

@@ -156,7 +156,7 @@ class DockerSim(SimSite):
     def _boot(self, r: SimResource) -> None:
         self.world.after(self.world.rng.uniform(1.0, 5.0), lambda: self._startd(r.rid), None)
 
-    def drain_startd(self, resource_id: str, reason: str) -> str:
+    def drain_startd(self, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
         self.world.on_drain_call(self.name, resource_id)
         return self.world.call(
             f"{self.name}.drain", lambda: self._drain(resource_id, True), site=self.name
@@ -320,7 +320,7 @@ class SlurmSim(SimSite):
     def owner_queue(self) -> OwnerQueue:
         return self.world.call(f"{self.name}.owners", self._owner_queue, site=self.name)
 
-    def drain_startd(self, resource_id: str, reason: str) -> str:
+    def drain_startd(self, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
         self.world.on_drain_call(self.name, resource_id)
         self.world.call(
             f"{self.name}.drain", lambda: self._drain(resource_id, True), site=self.name

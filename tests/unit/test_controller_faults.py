@@ -310,3 +310,26 @@ def test_unknown_demand_holds_back_scale_down_and_says_so(store: Store) -> None:
     assert [type(h.action) for h in plan.held_back] == [Drain]
     assert "demand is unknown" in plan.held_back[0].why
     assert replace(plan, held_back=()).actions == ()
+
+
+def test_an_idle_drain_the_startd_refuses_for_a_starting_job_is_undone(store: Store) -> None:
+    # Found by the lab's crash soak: the schedd had claimed the slot, the
+    # collector did not show it yet; a plain drain evicted the starting job.
+    # An idle drain is checked by the startd itself (condor_drain -check).
+    w, rid = running_world(store)
+    w.startds.claimed.add(rid)
+    w.clock.now += 100
+    plan = w.controller.cycle()
+    assert [type(a) for a in plan.actions] == [Drain]
+    r = store.get(rid)
+    assert r is not None
+    assert (r.state, r.idle_since) == (State.RUNNING, w.clock.now)  # busy after all
+    assert [t.reason for t in store.history(rid)][-1] == "drain refused: a job started"
+    w.startds.claimed.clear()
+    w.clock.now += 10
+    assert w.controller.cycle().actions == ()  # its idle clock starts again
+    store.request_drain(rid, w.clock.now)  # an operator's drain is not checked
+    w.startds.claimed.add(rid)
+    w.controller.cycle()
+    assert w.startds.drains == [rid]
+    assert store.get(rid).state is State.DRAINING  # type: ignore[union-attr]

@@ -20,7 +20,7 @@ from tide.model import (
     SiteLimits,
     State,
 )
-from tide.sites.base import Owned, OwnerQueue, SiteError
+from tide.sites.base import DrainRefused, Owned, OwnerQueue, SiteError
 from tide.store import Store
 
 LIMITS = SiteLimits(
@@ -121,14 +121,19 @@ class FakeStartds:
         self.cancels: list[tuple[str, str]] = []
         self.fail: Exception | None = None
         self.keep_draining = False  # a drain never completes (jobs retiring)
+        self.claimed: set[str] = set()  # startds holding a claim the collector does not show
         self.can_drain = True  # False: a site without a channel to its startds (OpenStack)
 
-    def drain(self, site: str, resource_id: str, reason: str) -> str | None:
+    def drain(
+        self, site: str, resource_id: str, reason: str, *, only_idle: bool = False
+    ) -> str | None:
         if self.fail is not None:
             raise self.fail
         slot = self.slots.slots.get(resource_id)
         if slot is None or not self.can_drain:
             return None
+        if only_idle and resource_id in self.claimed:  # a claim the collector did not show
+            raise DrainRefused(f"the startd of {resource_id} holds a claim: drain refused")
         self.drains.append(resource_id)
         done = slot.claimed_slots == 0 and not self.keep_draining
         self.slots.slots[resource_id] = SlotState(True, slot.claimed_slots, done, draining=True)

@@ -84,6 +84,15 @@ class DeadlineExceeded(SiteError):
         super().__init__(message, retryable=retryable)
 
 
+class DrainRefused(SiteError):
+    """A drain meant only for an idle startd was refused by the startd itself:
+    it holds a claim (a job matched the moment before, which the collector
+    did not show yet). Not retryable as it is: the resource is busy."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
 @dataclass(frozen=True)
 class Owned:
     """One resource at a site carrying this controller's ownership tags."""

@@ -62,6 +62,7 @@ from tide.sites.base import (
     RESOURCE_ID_TAG,
     SITE_TAG,
     DeadlineExceeded,
+    DrainRefused,
     Owned,
     PoolEndpoint,
     QuotaExceeded,
@@ -73,6 +74,8 @@ from tide.sites.base import (
 
 log = logging.getLogger(__name__)
 
+IDLE_CHECK = 'State =!= "Claimed"'
+"""condor_drain -check: every slot unclaimed (no job running or starting)."""
 TOKEN_PATH = "/run/secrets/token"  # noqa: S105  (a path, not a secret)
 """Where the worker image reads its IDTOKEN (images/condor/README.md)."""
 
@@ -274,11 +277,17 @@ class DockerSite:
 
     # --- drain (tide.startds.DrainingSite) ------------------------------------
 
-    def drain_startd(self, resource_id: str, reason: str) -> str:
+    def drain_startd(self, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
         """`condor_drain -graceful` run as root inside the worker container
         (FS authentication to its own startd; no pool credential needed): no
-        new job starts there, running ones finish within their retirement time."""
-        self._condor_drain(resource_id, ["-graceful", "-reason", reason], "draining")
+        new job starts there, running ones finish within their retirement time.
+        `only_idle` adds `-check`: the startd refuses if any slot is claimed
+        (checked by the startd itself, so a claim the collector does not show
+        yet counts), raised as DrainRefused."""
+        options = ["-graceful", "-reason", reason]
+        if only_idle:
+            options += ["-check", IDLE_CHECK]
+        self._condor_drain(resource_id, options, "draining")
         return DRAIN_REQUEST
 
     def cancel_startd_drain(self, resource_id: str, request_id: str) -> None:
@@ -309,6 +318,10 @@ class DockerSite:
             )
         if code != 0:
             text = cast(bytes, output).decode("utf-8", "replace").strip()[-300:]
+            if "check expression is false" in text:
+                raise DrainRefused(
+                    f"site {self.name}: the startd of {resource_id} holds a claim: drain refused"
+                )
             raise SiteError(
                 f"site {self.name}: {doing} the startd of {resource_id}: condor_drain "
                 f"exited {code}: {text}",

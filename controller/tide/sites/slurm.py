@@ -242,7 +242,9 @@ class SlurmBackfillSite:
 
     # --- the DrainingSite interface --------------------------------------
 
-    def drain_startd(self, resource_id: str, reason: str) -> str:
+    def drain_startd(self, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
+        # SIGUSR1 carries no condition: `only_idle` is not checked at the startd
+        # here (the pilot's trap drains unconditionally, gracefully).
         self._signal(resource_id, "USR1", "draining")
         return DRAIN_REQUEST
 
