@@ -117,6 +117,7 @@ bench: lab
 	python -m benchmarks.controller_cycle
 	python -m benchmarks.controller_loop
 	python -m benchmarks.evacuation
+	python -m benchmarks.crash_soak
 	python -m benchmarks.onboard
 
 clean: demo-down
