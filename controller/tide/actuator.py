@@ -236,7 +236,7 @@ class Actuator:
         operator's drain that lands meanwhile wins: the move is refused in
         the store's own transaction and the startd is told to drain again."""
         r = self._store.get(rid)
-        if r is None or r.held or r.drain_requested:
+        if r is None or r.held:
             return
         # A drain we never recorded (None: a lost state file, a drain told but
         # not recorded) is cancelled too; "" is a withdrawal, nothing to cancel.

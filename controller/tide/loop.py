@@ -32,7 +32,7 @@ from typing import TypeVar
 from tide.actuator import Actuator
 from tide.logs import event
 from tide.metrics import Metrics
-from tide.model import Demand, Owners, Plan, Resource, Site, SiteHealth, Snapshot, State
+from tide.model import ALIVE, Demand, Owners, Plan, Resource, Site, SiteHealth, Snapshot, State
 from tide.observe import Answers, Evidence, evidence, owners
 from tide.policy import decide
 from tide.runner import InlineRunner, Pending, Runner
@@ -198,7 +198,7 @@ class Controller:
         for name, p in queues.items():
             queue = self._answer(name, "owners", p)
             record = self._store.site(name)
-            alive = sum(1 for r in found.resources if r.site == name and r.state in _ALIVE)
+            alive = sum(1 for r in found.resources if r.site == name and r.state in ALIVE)
             owner_views[name] = owners(record, queue, alive, now)
             waiting = queue is None or queue.pending_nodes + queue.new_nodes > 0
             if write and waiting:
@@ -218,10 +218,7 @@ class Controller:
             demand_known=pool_view.demand_known and not pool_view.young,
             slots_known=pool_view.slots is not None and not pool_view.young,
             collector_young=pool_view.young,
-            listed=frozenset(answered),
             busy=site_busy,
-            orphans=tuple(orphan for orphan, _state in found.adopt),
-            listing_grace_s=self._listing_grace_s,
         )
 
     def _due(self, records: Sequence[Resource]) -> set[str]:
@@ -404,7 +401,6 @@ class Controller:
             self._metrics.count_failure(site, operation)
 
 
-_ALIVE = frozenset({State.REQUESTED, State.BOOTING, State.RUNNING, State.DRAINING})
 _SETTLED = frozenset({State.RUNNING, State.DRAINING})
 
 

@@ -116,7 +116,6 @@ class Resource:
     idle_since: float | None = None  # when it last had no claimed slot; None: busy
     lost_since: float | None = None  # live, but its slot missing from the collector since then
     held: bool = False  # drained by an operator (`tide drain`): demand never undoes it
-    drain_requested: bool = False  # an operator asked for a drain the loop has not applied yet
     drain_request: str | None = None  # the drain its startd accepted (request id); None: not told
     drain_told_at: float | None = None  # when its startd was last told to drain
     destroy_failures: int = 0  # failed destroy calls in a row
@@ -183,11 +182,8 @@ class Snapshot:
     demand_known: bool = True  # every schedd the pool had recently answered
     slots_known: bool = True  # the collector answered the slot query, and is not young
     collector_young: bool = False  # it (re)started within its warm-up: ads may be missing
-    listed: frozenset[str] = frozenset()  # sites whose listing answered this cycle
     busy: frozenset[str] = frozenset()  # sites left alone: still busy with an earlier call,
     # not listed once since the start, or their evidence not recorded
-    orphans: tuple[Orphan, ...] = ()
-    listing_grace_s: float = 120.0  # a boot this young its site does not list is not gone
 
     @property
     def safe_to_scale_down(self) -> bool:
@@ -244,38 +240,7 @@ class Evacuate:
     reason: str
 
 
-@dataclass(frozen=True)
-class Promote:
-    """Record what the evidence says: a boot its site lists is BOOTING, one
-    whose slot is advertised is RUNNING (whatever the store said)."""
-
-    resource: str
-    to: State
-    reason: str
-
-
-@dataclass(frozen=True)
-class Forget:
-    """Record GONE a resource its site no longer lists."""
-
-    resource: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Adopt:
-    """Record an orphan (tide.model.Orphan) in the state it is in."""
-
-    resource: str
-    site: str
-    state: State
-    handle: tuple[tuple[str, str], ...]
-    reason: str
-
-
-Action = Create | Drain | TellDrain | Undrain | Destroy | Evacuate | Promote | Forget | Adopt
-RECORDS = (Promote, Forget, Adopt)
-"""Actions that only write the store: carried out before any site is called."""
+Action = Create | Drain | TellDrain | Undrain | Destroy | Evacuate
 
 
 @dataclass(frozen=True)
@@ -295,10 +260,3 @@ class Plan:
     actions: tuple[Action, ...]
     unmatched: tuple[Demand, ...] = ()
     held_back: tuple[HeldBack, ...] = ()
-
-
-def action_site(action: Action, site_of: Mapping[str, str]) -> str | None:
-    """The site an action is carried out at (None: a resource `site_of` lacks)."""
-    if isinstance(action, Create | Adopt):
-        return action.site
-    return site_of.get(action.resource)

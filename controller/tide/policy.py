@@ -41,7 +41,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from tide.model import (
     Action,
@@ -71,7 +71,7 @@ _UNBOUNDED = sys.maxsize  # jobs per machine when a job requests nothing
 def decide(snapshot: Snapshot) -> Plan:
     """What to do now, given everything observed in `snapshot`."""
     now = snapshot.now
-    resources = tuple(_as_requested(r) for r in snapshot.resources)
+    resources = snapshot.resources
     pools = _classify(resources, snapshot.sites, now)
     evacuations = {
         name: _evacuate(pools[name], owners)
@@ -100,14 +100,6 @@ def decide(snapshot: Snapshot) -> Plan:
     return _withhold(snapshot, actions, unmatched)
 
 
-def _as_requested(r: Resource) -> Resource:
-    """An operator's drain request is decided as the drain it becomes (held):
-    never undrained, never counted free."""
-    if r.drain_requested and r.state in (State.RUNNING, State.DRAINING):
-        return replace(r, state=State.DRAINING, held=True)
-    return r
-
-
 def _target(action: Action) -> str:
     return action.site if isinstance(action, Create) else action.resource
 
@@ -122,9 +114,7 @@ def _upkeep(resources: Iterable[Resource], snapshot: Snapshot, acted: set[str]) 
         site = snapshot.sites.get(r.site)
         if site is None or r.id in acted:
             continue
-        if r.drain_requested and r.state is State.DRAINING:
-            actions.append(Drain(r.id, "operator drain (tide drain)", held=True))
-        elif r.state is State.DRAINING and r.advertised:
+        if r.state is State.DRAINING and r.advertised:
             tell = _retell(r, site.limits, now, snapshot.slots_known)
             if tell:
                 actions.append(TellDrain(r.id, tell))

@@ -58,7 +58,6 @@ CREATE TABLE IF NOT EXISTS resources (
     idle_since REAL,
     lost_since REAL,
     held INTEGER NOT NULL DEFAULT 0,
-    drain_requested INTEGER NOT NULL DEFAULT 0,
     drain_request TEXT,
     drain_told_at REAL,
     destroy_failures INTEGER NOT NULL DEFAULT 0,
@@ -95,7 +94,6 @@ _V2_COLUMNS = {
         "idle_since REAL",
         "lost_since REAL",
         "held INTEGER NOT NULL DEFAULT 0",
-        "drain_requested INTEGER NOT NULL DEFAULT 0",
         "drain_request TEXT",
         "drain_told_at REAL",
         "destroy_failures INTEGER NOT NULL DEFAULT 0",
@@ -111,7 +109,7 @@ _V2_COLUMNS = {
     ),
 }
 _RESOURCE_COLUMNS = (
-    "id, site, state, state_since, created_at, idle_since, lost_since, held, drain_requested,"
+    "id, site, state, state_since, created_at, idle_since, lost_since, held,"
     " drain_request, drain_told_at, destroy_failures, destroy_due"
 )
 _ID_TOKEN = re.compile(r"^[0-9a-f]{8}$")
@@ -320,7 +318,7 @@ class Store:
                 return current
             if to not in TRANSITIONS[current.state]:
                 raise TransitionError(resource_id, current.state, to)
-            if unless_held and (current.held or current.drain_requested):
+            if unless_held and current.held:
                 raise StoreError(f"{resource_id}: an operator drains it: not moved to {to}")
             extra = ""
             if current.state is State.DRAINING:
@@ -353,7 +351,7 @@ class Store:
                 )
             if held:
                 conn.execute(
-                    "UPDATE resources SET held = 1, drain_requested = 0 WHERE id = ?",
+                    "UPDATE resources SET held = 1 WHERE id = ?",
                     (resource_id,),
                 )
         return self._get(self._conn, resource_id)
@@ -795,7 +793,6 @@ def _resource(row: tuple[Any, ...]) -> Resource:
         idle_since,
         lost_since,
         held,
-        drain_requested,
         drain_request,
         drain_told_at,
         destroy_failures,
@@ -810,7 +807,6 @@ def _resource(row: tuple[Any, ...]) -> Resource:
         idle_since=idle_since,
         lost_since=lost_since,
         held=bool(held),
-        drain_requested=bool(drain_requested),
         drain_request=drain_request,
         drain_told_at=drain_told_at,
         destroy_failures=destroy_failures,

@@ -8,9 +8,7 @@ engine does with the site's calls is tested on this machine's engine
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from tests.unit.deadline import within
+from tests.unit.deadline import Silent, within
 from tide.config import DockerSiteConfig
 from tide.sites import docker as docker_site
 from tide.sites.base import DeadlineExceeded, PoolEndpoint, SiteAdapter, SiteError
@@ -34,26 +32,6 @@ API = "1.41"
 
 
 # --- stand-ins for an engine -----------------------------------------------------
-
-
-class Silent:
-    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
-
-    def __init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"tcp://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                self._held.append(self._sock.accept()[0])
-
-    def close(self) -> None:
-        self._sock.close()
-        for conn in self._held:
-            conn.close()
 
 
 class FakeEngine:

@@ -8,7 +8,6 @@ classes, built the way the SDK builds them from a cloud's response."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import re
@@ -30,7 +29,7 @@ from openstack.connection import Connection
 
 from tests.doubles.fake_openstack import FakeOpenStack
 from tests.doubles.fake_openstack_base import Reply
-from tests.unit.deadline import within
+from tests.unit.deadline import Silent, within
 from tide.config import OpenStackSiteConfig
 from tide.sites import openstack as openstack_site
 from tide.sites.base import (
@@ -752,26 +751,6 @@ def test_the_site_is_a_site_adapter() -> None:
 
 DEADLINE_S = 60.0
 """How long a test waits for a call that must time out: far over its API timeout."""
-
-
-class Silent:
-    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
-
-    def __init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._sock.getsockname()[1]
-        self._held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                self._held.append(self._sock.accept()[0])
-
-    def close(self) -> None:
-        self._sock.close()
-        for conn in self._held:
-            conn.close()
 
 
 def _clouds_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, document: object) -> None:
