@@ -197,9 +197,7 @@ class Actuator:
 
     def _tell_drain(self, site: str, rid: str, reason: str, *, only_idle: bool = False) -> None:
         """Tell the resource's startd to drain and record that it was told (a
-        failure is told again by a later plan: the record stays untold).
-        Where the site cannot reach the startd, its slot ads are withdrawn
-        instead (recorded as the request "")."""
+        failure is told again by a later plan: the record stays untold)."""
         if self._startds is None:
             return
         try:
@@ -218,16 +216,7 @@ class Actuator:
         except Exception as exc:
             self.failed(site, "drain", "startd drain failed: told again later", rid, exc)
             return
-        if request is None:
-            try:
-                self._slots.withdraw(rid)
-            except Exception as exc:
-                self.failed(site, "withdraw", "withdrawing its slot ads failed", rid, exc)
-                return
-            request = ""
-            event(log, "slot withdrawn from the collector", site=site, resource=rid)
-        else:
-            event(log, "startd draining", site=site, resource=rid, request=request)
+        event(log, "startd draining", site=site, resource=rid, request=request)
         self._store.drain_told(rid, request, self._clock())
 
     def _undrain(self, site: str, rid: str, reason: str) -> None:
@@ -239,8 +228,8 @@ class Actuator:
         if r is None or r.held:
             return
         # A drain we never recorded (None: a lost state file, a drain told but
-        # not recorded) is cancelled too; "" is a withdrawal, nothing to cancel.
-        if r.drain_request != "" and self._startds is not None:
+        # not recorded) is cancelled too.
+        if self._startds is not None:
             try:
                 self._startds.cancel_drain(site, rid, r.drain_request or "")
             except Exception as exc:

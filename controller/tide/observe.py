@@ -154,16 +154,11 @@ def _seen(
     clocks: Mapping[str, float | None] | None = None,
 ) -> Resource:
     """The record with what this cycle saw (and its changed `clocks`): one copy."""
-    drained = slot.drained
-    if r.state is State.DRAINING and r.drain_request == "":
-        # Its site cannot drain the startd: its ads were withdrawn instead.
-        # Only an ad seen again since, with no claimed slot, says no job runs.
-        drained = slot.advertised and slot.claimed_slots == 0
     return replace(
         r,
         advertised=slot.advertised,
         claimed_slots=slot.claimed_slots,
-        drained=drained,
+        drained=slot.drained,
         draining=slot.draining,
         boot_failed=owned is not None and owned.failed,
         placed=owned is None or owned.placed,

@@ -129,8 +129,8 @@ def _retell(r: Resource, limits: SiteLimits, now: float, slots_known: bool) -> s
     """Why a draining startd must be told to drain again, or None."""
     if r.drain_request is None:
         return "drain not yet accepted: told again"
-    if r.drain_request == "" or not slots_known or r.draining or r.drained:
-        return None  # withdrawn (a site that cannot drain), or it drains
+    if not slots_known or r.draining or r.drained:
+        return None  # it drains (or the pool cannot be seen)
     told = r.drain_told_at
     if told is not None and now - told >= limits.redrain_after_s:
         return f"startd not draining {now - told:.0f}s after it was told (restarted?): told again"

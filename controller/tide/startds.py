@@ -7,10 +7,13 @@ job matched in the moment before the drain is never killed.
 
 Why through the site and not over the pool: execute nodes hold no signing
 key, so they cannot verify an IDTOKEN and grant no remote caller more than
-READ (images/condor/README.md). A site with a privileged channel to its
-workers (the Docker site: `condor_drain` run as root inside the container,
-authenticated by FS) drains them; a site without one (OpenStack) cannot,
-and its draining resources are given back once seen with no claimed slot.
+READ (images/condor/README.md). Every site has a privileged channel to its
+workers instead, and the startd is told by `condor_drain` run beside it,
+authenticated locally (FS): the Docker site runs it inside the container,
+the OpenStack site's servers read the request from their metadata service
+(the image's tide-drain-watch), a Slurm pilot is signalled through Slurm.
+Withdrawing a worker's ads is never a drain: it removes claimed slots from
+the collector while their jobs run.
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
+from tide.sites.base import SiteError
+
 
 class Startds(Protocol):
     """Drains and undrains the startd of one resource."""
 
-    def drain(
-        self, site: str, resource_id: str, reason: str, *, only_idle: bool = False
-    ) -> str | None:
-        """Start a graceful drain; a request id, or None if the site cannot
-        drain its workers' startds. `only_idle`: the startd itself refuses if
-        it holds a claim (DrainRefused), so a job matched the moment before is
-        never evicted. Raises if the drain could not be started."""
+    def drain(self, site: str, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
+        """Start a graceful drain; returns a request id. `only_idle`: the
+        startd itself refuses if it holds a claim (DrainRefused, or later in
+        its ads for a site that tells it asynchronously), so a job matched
+        the moment before is never evicted. Raises if the drain could not be
+        started."""
         ...
 
     def cancel_drain(self, site: str, resource_id: str, request_id: str) -> None:
@@ -58,15 +62,14 @@ class SiteStartds:
             name: adapter for name, adapter in adapters.items() if isinstance(adapter, DrainingSite)
         }
 
-    def drain(
-        self, site: str, resource_id: str, reason: str, *, only_idle: bool = False
-    ) -> str | None:
-        adapter = self._sites.get(site)
-        if adapter is None:
-            return None
-        return adapter.drain_startd(resource_id, reason, only_idle=only_idle)
+    def drain(self, site: str, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
+        return self._site(site).drain_startd(resource_id, reason, only_idle=only_idle)
 
     def cancel_drain(self, site: str, resource_id: str, request_id: str) -> None:
+        self._site(site).cancel_startd_drain(resource_id, request_id)
+
+    def _site(self, site: str) -> DrainingSite:
         adapter = self._sites.get(site)
-        if adapter is not None:
-            adapter.cancel_startd_drain(resource_id, request_id)
+        if adapter is None:
+            raise SiteError(f"site {site}: its adapter cannot drain a startd", retryable=False)
+        return adapter

@@ -1,8 +1,13 @@
 """FAKE Nova (tests only; see fake_openstack): compute API v2.1 with
-microversions 2.1-2.96, for flavors, servers (create, list, get, delete),
-limits and key pairs. A created server is BUILD until its `Hypervisor` has
-run its user data, then ACTIVE (or ERROR with the failure as its fault); a
-deleted one is "deleting" until the hypervisor has removed it, then gone.
+microversions 2.1-2.96, for flavors, servers (create, list, get, delete,
+update metadata), limits and key pairs, and a METADATA SERVICE for the
+servers: GET /fake-metadata/<server id>/openstack/latest/meta_data.json
+(a real cloud serves /openstack/latest/meta_data.json at 169.254.169.254
+and knows the server by its address; on the lab's shared network the path
+says which server asks, so a server reads only its own). A created server
+is BUILD until its `Hypervisor` has run its user data, then ACTIVE (or
+ERROR with the failure as its fault); a deleted one is "deleting" until
+the hypervisor has removed it, then gone.
 
 A HUNG Nova on demand: `FakeNova.hang_create_s` holds every create request
 that long before serving it (a cloud whose API stalls: the client's own
@@ -165,6 +170,13 @@ class FakeNova:
             route("GET", rf"{V21}/servers/(?P<id>[^/]+)", v(self._get_server)),
             route("POST", rf"{V21}/servers", v(self._create_server)),
             route("DELETE", rf"{V21}/servers/(?P<id>[^/]+)", v(self._delete_server)),
+            route("POST", rf"{V21}/servers/(?P<id>[^/]+)/metadata", v(self._update_metadata)),
+            route(
+                "GET",
+                r"/fake-metadata/(?P<id>[^/]+)/openstack/latest/meta_data\.json",
+                self._meta_data,
+                needs_token=False,
+            ),
             route("GET", rf"{V21}/limits", v(self._limits)),
             route("GET", rf"{V21}/os-keypairs", v(self._keypairs)),
         ]
@@ -450,6 +462,41 @@ class FakeNova:
         if not again:
             self._background(self._teardown, server)
         return Reply(204)
+
+    def _update_metadata(self, call: Call, match: re.Match[str], version: Version) -> Reply:
+        """POST /servers/{id}/metadata: merge the given items (Nova's "update")."""
+        items = dig(call.body, "metadata")
+        if not isinstance(items, dict) or not all(
+            _text(k, 1) and _text(v, 0) for k, v in items.items()
+        ):
+            message = f"metadata. Keys and values must be strings of at most {METADATA_TEXT_MAX}"
+            return nova_error(400, "badRequest", f"Invalid input for field/attribute {message}")
+        with self._project.lock:
+            server = self._servers.get(match["id"])
+            if server is None:
+                return nova_error(
+                    404, "itemNotFound", f"Instance {match['id']} could not be found."
+                )
+            merged = {**server.metadata, **items}
+            if len(merged) > METADATA_ITEMS_MAX:
+                message = f"Maximum number of metadata items exceeds {METADATA_ITEMS_MAX}"
+                return nova_error(403, "forbidden", message)
+            server.metadata = merged
+            return Reply(200, {"metadata": dict(merged)})
+
+    def _meta_data(self, call: Call, match: re.Match[str]) -> Reply:
+        """The metadata service's meta_data.json of one server."""
+        with self._project.lock:
+            server = self._servers.get(match["id"])
+            if server is None:
+                return Reply(404, "404 Not Found\n")
+            document = {
+                "uuid": server.id,
+                "name": server.name,
+                "hostname": server.name,
+                "meta": dict(server.metadata),
+            }
+        return Reply(200, document)
 
     # --- the hypervisor's side ------------------------------------------
 

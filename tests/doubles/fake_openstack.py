@@ -104,6 +104,9 @@ class FakeOpenStack:
         self.requests: list[Recorded] = []
         self.keystone = FakeKeystone(self.project)
         self.nova = FakeNova(self.project, hypervisor)
+        serve = getattr(hypervisor, "use_metadata_service", None)
+        if serve is not None:  # its servers read their metadata from this fake
+            serve(f"{self.project.base}/fake-metadata")
         self._routes: list[Route] = [
             *self.keystone.routes(),
             *self.nova.routes(),

@@ -14,7 +14,9 @@ write_files key other than path/content/permissions/owner, fails the boot):
   (paths under the top-level folders write_files wrote into);
 - `docker compose` commands get the project `fakeos-<id>` and one more
   compose file, an override giving each service the environment TIDE_PORT
-  (one port of 29730-29739 per server) and TIDE_BIND_ADDRESS=127.0.0.1.
+  (one port of 29730-29739 per server), TIDE_BIND_ADDRESS=127.0.0.1 and
+  TIDE_DRAIN_URL, the fake's metadata service for this server (a real
+  server reads 169.254.169.254, which knows it by its address).
 
 DEVIATIONS, because every "server" shares the lab host's network namespace
 (the lab hosts use the machine's network): a cloud gives each server its own
@@ -141,6 +143,10 @@ class LabHostHypervisor:
         self._free = list(ports)
         self.ports: dict[str, int] = {}  # server id -> its worker port
         self._lock = threading.Lock()
+        self.metadata_base = ""  # the fake's metadata service, per server below it
+
+    def use_metadata_service(self, base: str) -> None:
+        self.metadata_base = base
 
     def boot(self, server_id: str, user_data: bytes | None) -> None:
         if user_data is None:
@@ -220,7 +226,13 @@ class LabHostHypervisor:
         if not files:
             raise BootFailed("runcmd: docker compose without -f cannot be placed")
         override = paths.path(f"/{OVERRIDE}")
-        self._write(override, _override(files, paths, config, port), "root:root", "0644")
+        drain_url = (
+            f"{self.metadata_base}/{server_id}/openstack/latest/meta_data.json"
+            if self.metadata_base
+            else ""
+        )
+        text = _override(files, paths, config, port, drain_url)
+        self._write(override, text, "root:root", "0644")
         last = max(i for i in range(2, len(argv) - 1) if argv[i] in ("-f", "--file")) + 2
         project = PROJECT_PREFIX + server_id
         return ["docker", "compose", "-p", project, *argv[2:last], "-f", override, *argv[last:]]
@@ -249,9 +261,11 @@ class LabHostHypervisor:
         lab.run(["docker", "exec", self.host, *argv], timeout=COMMAND_TIMEOUT_S)
 
 
-def _override(files: Sequence[str], paths: PathMap, config: CloudConfig, port: int) -> str:
+def _override(
+    files: Sequence[str], paths: PathMap, config: CloudConfig, port: int, drain_url: str
+) -> str:
     """The compose override giving each service of `files` (written by
-    write_files) this server's own port and loopback address."""
+    write_files) this server's own port, loopback address and metadata URL."""
     written = {paths.path(f.path): f.content for f in config.write_files}
     services: set[str] = set()
     for name in files:
@@ -260,6 +274,8 @@ def _override(files: Sequence[str], paths: PathMap, config: CloudConfig, port: i
         doc = yaml.safe_load(written[name])
         services |= set((doc or {}).get("services") or {})
     environment = {"TIDE_PORT": str(port), "TIDE_BIND_ADDRESS": BIND_ADDRESS}
+    if drain_url:
+        environment["TIDE_DRAIN_URL"] = drain_url
     body = {"services": {s: {"environment": environment} for s in sorted(services)}}
     header = "# FAKE Nova: this server's own port and address on the shared lab host network.\n"
     return header + yaml.safe_dump(body, sort_keys=True)

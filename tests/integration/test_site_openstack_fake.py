@@ -42,6 +42,7 @@ CLOUD = "fake"
 IDLE_TIMEOUT_S = 15
 CREATE = "POST /compute/v2.1/servers"
 DELETE = "DELETE /compute/v2.1/servers/{id}"
+METADATA = "POST /compute/v2.1/servers/{id}/metadata"
 
 
 @pytest.fixture
@@ -117,10 +118,11 @@ def _stop(daemon: subprocess.Popen[bytes], log: IO[str]) -> int:
     return code
 
 
-def _submit(count: int) -> str:
-    """`count` 3-second jobs that only a worker of SITE can run; the cluster id."""
+def _submit(count: int, seconds: int = 3) -> str:
+    """`count` jobs of `seconds` that only a worker of SITE can run; the cluster id."""
     submit = (
-        "cd $(mktemp -d) && printf '%s\\n' 'executable = /bin/sleep' 'arguments = 3' "
+        "cd $(mktemp -d) && printf '%s\\n' 'executable = /bin/sleep' "
+        f"'arguments = {seconds}' "
         "'request_cpus = 1' 'request_memory = 100MB' "
         f"'requirements = (TARGET.TideSite == \"{SITE}\")' 'queue {count}' > j.sub "
         "&& condor_submit -terse j.sub | cut -d. -f1"
@@ -223,6 +225,8 @@ def test_daemon_boots_a_fake_cloud_server_whose_worker_runs_jobs_then_deletes_it
         # The server was powered off hard: only the controller's withdrawal
         # takes its ads out of the collector (they would linger 15 minutes).
         lab.wait_for("the controller to withdraw the slot's ads", lambda: not _slots(rid), 60)
+        # It was drained first, through its metadata (an idle drain).
+        assert any(value.endswith(" idle") for value in _drains_asked(cloud)), _drains_asked(cloud)
     finally:
         code = _stop(daemon, log)
         if cluster:
@@ -237,6 +241,70 @@ def test_daemon_boots_a_fake_cloud_server_whose_worker_runs_jobs_then_deletes_it
     assert not cloud.servers()
     status = lab.tide(config, "status")
     assert status.splitlines()[1].split() == [SITE, "0", "0", "0", "0", "0", "0"], status
+
+
+def test_an_operator_drain_lets_a_busy_servers_job_finish(
+    tmp_path: Path, cloud: FakeOpenStack
+) -> None:
+    """Issue 11, point 1: `tide drain` of a busy server drains its startd (the
+    server reads the request from its metadata service); the server is
+    deleted only once its startd says Drained, after the job completed."""
+    owner = f"test-{uuid.uuid4().hex[:8]}"
+    limits = "{max_resources: 1, max_booting: 1, idle_timeout_s: 600, boot_timeout_s: 180}"
+    config = _config(tmp_path, cloud, owner, limits)
+    daemon, log = _start(tmp_path, cloud, config)
+    cluster = ""
+    try:
+        cluster = _submit(1, seconds=25)
+
+        def job(*attrs: str) -> list[str]:
+            return _cm("condor_q", cluster, "-af", *attrs) or _cm(
+                "condor_history", cluster, "-af", *attrs
+            )
+
+        lab.wait_for("the job to run", lambda: job("JobStatus") == ["2"], 240)
+        rid = _check_create_request(cloud.recorded(CREATE)[0], cloud, owner)
+        (server,) = [s for s in cloud.servers() if s.name == rid]
+        lab.tide(config, "drain", rid)
+
+        def draining() -> bool:
+            # The job's slot retires at once; the watcher's own report
+            # (TideDrainOutcome) comes with the startd's next update.
+            ads = _cm(
+                "condor_status",
+                "-const",
+                f'TideResourceId == "{rid}"',
+                "-af",
+                "Activity",
+                "TideDrainOutcome",
+            )
+            return "Retiring" in ads or '"draining"' in ads or "draining" in ads
+
+        lab.wait_for("its startd to drain", draining, 60)
+
+        def completed() -> bool:
+            done = job("JobStatus") == ["4"]
+            assert done or server.id not in cloud.nova.deleted, "deleted while its job ran"
+            return done
+
+        lab.wait_for("the job to complete", completed, 120)
+        assert job("ExitCode", "NumJobStarts") == ["0", "1"]  # never killed or restarted
+        lab.wait_for(
+            "the drained server to be deleted", lambda: server.id in cloud.nova.deleted, 90
+        )
+        asked = _drains_asked(cloud)
+        assert any(value.endswith(" graceful") for value in asked), asked
+    finally:
+        code = _stop(daemon, log)
+        if cluster:
+            _remove_jobs(cluster)
+    assert code == 0, (tmp_path / "tide.log").read_text()[-3000:]
+    assert not cloud.unhandled(), [(r.method, r.path) for r in cloud.unhandled()]
+
+
+def _drains_asked(cloud: FakeOpenStack) -> list[str]:
+    """The tide-drain values the controller set on servers, in order."""
+    return [r.body["metadata"]["tide-drain"] for r in cloud.recorded(METADATA)]
 
 
 def test_daemon_survives_a_full_quota_and_retries(tmp_path: Path, cloud: FakeOpenStack) -> None:

@@ -61,7 +61,6 @@ class Result:
     cycles: int = 0
     crashes: int = 0
     jobs: int = 0
-    known_gaps: tuple[str, ...] = ()
     lines: list[str] = field(default_factory=list)
 
 
@@ -333,7 +332,6 @@ def run(
     result.cycles = world.daemon_cycles
     result.crashes = runner.crashes
     result.jobs = len(world.pool.jobs)
-    result.known_gaps = tuple(world.known_gaps)
     return result
 
 

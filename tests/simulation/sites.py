@@ -5,9 +5,11 @@ virtual clock by the call's duration and injects the schedule's faults
 
 - DockerSim: boots in seconds; drains its startds (a DrainingSite);
   destroy stops the container at once (running jobs killed).
-- OpenStackSim: cannot drain; boots take 20-120 s; a boot may fail
-  (Owned.failed, status ERROR); a young server may be missing from the
-  listing for a few seconds (listing lag).
+- OpenStackSim: drains through its servers' metadata: the call only sets
+  it, and the server's startd acts on it 0.5-6 s later (tide-drain-watch's
+  period), refusing an idle drain while it holds a claim; boots take
+  20-120 s; a boot may fail (Owned.failed, status ERROR); a young server
+  may be missing from the listing for a few seconds (listing lag).
 - SlurmSim: a backfill site (BackfillSite.owner_queue, DrainingSite) with N
   nodes. A pilot without a free node is queued (Owned.placed=False).
   Destroy is SIGTERM: running jobs are vacated back to idle, the pilot stays
@@ -130,15 +132,6 @@ class SimSite:
         if r is not None:
             w = self.world
             w.log(f"{self.name}: {rid} destroyed")
-            s = w.pool.startds.get(rid)
-            if s is not None and s.jobs and rid in w.withdrawn_for_drain:
-                # KNOWN GAP (issue 11, not closed yet): a site that cannot drain
-                # its startds has their ads withdrawn instead; a job matched
-                # after the startd re-advertised, and before the destroy, dies.
-                # Counted and reported, not failed: any other kill fails.
-                w.known_gaps.append(f"{rid} at {self.name}: {len(s.jobs)} jobs (no drain channel)")
-                w.pool.remove(rid, allowed=True, why="")
-                return
             w.pool.remove(rid, allowed=False, why="destroyed with its jobs running")
 
     # --- startd drains (DrainingSite), for the sites that can -----------
@@ -170,6 +163,56 @@ class DockerSim(SimSite):
 
 
 class OpenStackSim(SimSite):
+    def __init__(self, world: World, spec: SiteSpec) -> None:
+        super().__init__(world, spec)
+        self.metadata: dict[str, tuple[str, str] | None] = {}  # tide-drain: request, mode
+        self.acted: dict[str, tuple[str, str]] = {}  # the watcher's state file
+
+    def drain_startd(self, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
+        self.world.on_drain_call(self.name, resource_id)
+        mode = "idle" if only_idle else "graceful"
+        return self.world.call(
+            f"{self.name}.drain", lambda: self._ask(resource_id, mode), site=self.name
+        )
+
+    def cancel_startd_drain(self, resource_id: str, request_id: str) -> None:
+        self.world.on_cancel_drain_call(self.name, resource_id)
+        self.world.call(
+            f"{self.name}.undrain", lambda: self._ask(resource_id, None), site=self.name
+        )
+
+    def _ask(self, rid: str, mode: str | None) -> str:
+        """Set the server's tide-drain metadata (None: cancel)."""
+        if rid not in self.resources:
+            raise SiteError(f"{self.name}: {rid}: server not listed", retryable=True)
+        self._requests += 1
+        request = f"drain-{self._requests}"
+        self.metadata[rid] = None if mode is None else (request, mode)
+        w = self.world
+        w.after(w.rng.uniform(0.5, 6.0), functools.partial(self._watch, rid), None)
+        return request
+
+    def _watch(self, rid: str) -> None:
+        """The server's tide-drain-watch acting on its metadata, as the image's does."""
+        s = self.world.pool.startds.get(rid)
+        if s is None or rid not in self.resources:
+            return
+        want, acted = self.metadata.get(rid), self.acted.get(rid)
+        if want is None:
+            if acted is not None and acted[1] == "draining":
+                s.draining = False
+            self.acted.pop(rid, None)
+            return
+        request, mode = want
+        if acted is not None and acted[0] == request:
+            return
+        if mode == "idle" and s.jobs:  # the startd refuses: a slot holds a claim
+            self.acted[rid] = (request, "refused")
+            self.world.log(f"{self.name}: {rid}: idle drain {request} refused (busy)")
+            return
+        s.draining = True
+        self.acted[rid] = (request, "draining")
+
     def _create(self, rid: str) -> dict[str, str]:
         details = super()._create(rid)
         w = self.world

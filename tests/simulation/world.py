@@ -63,8 +63,6 @@ class World:
         self.operator: Operator | None = None
         self.outside: Store | None = None  # the operators' (and checker's) connection
         self.operator_drained: set[str] = set()
-        self.withdrawn_for_drain: set[str] = set()  # ads withdrawn by a drain (no channel)
-        self.known_gaps: list[str] = []  # kills the simulator counts but does not fail
         self.paused_since: dict[str, float] = {}  # site -> an operator evacuated it then
         self.resumed_at: dict[str, float] = {}  # site -> an operator resumed it then
         self.in_cycle = False
@@ -293,9 +291,5 @@ class SimSlots:
         return self.world.call("collector.age", lambda: pool.collector_started_at)
 
     def withdraw(self, resource_id: str) -> None:
-        w = self.world
-        site = next((s for s in w.sites.values() if resource_id in s.resources), None)
-        if site is not None and not hasattr(site, "drain_startd"):
-            w.withdrawn_for_drain.add(resource_id)  # a drain by withdrawal: see KNOWN GAP
         self.world.checker.withdraw_call(resource_id)
         self.world.call("collector.withdraw", lambda: self.world.pool.withdraw(resource_id))

@@ -27,6 +27,7 @@ from openstack import exceptions as os_exceptions
 from openstack.compute.v2.server import Server
 from openstack.connection import Connection
 
+from tests.doubles.fake_nova import InertHypervisor
 from tests.doubles.fake_openstack import FakeOpenStack
 from tests.doubles.fake_openstack_base import Reply
 from tests.unit.deadline import Silent, within
@@ -40,7 +41,7 @@ from tide.sites.base import (
     SiteAdapter,
     SiteError,
 )
-from tide.sites.openstack import USER_DATA_MAX, WORKER_IMAGE, OpenStackSite
+from tide.sites.openstack import METADATA_URL, USER_DATA_MAX, WORKER_IMAGE, OpenStackSite
 
 TOP = Path(__file__).resolve().parents[2]
 
@@ -393,6 +394,7 @@ def test_user_data_writes_the_worker_compose_project() -> None:
         "TIDE_CPUS": "8",
         "TIDE_MEMORY_MB": "16384",
         "TIDE_DISK_MB": "40000",
+        "TIDE_DRAIN_URL": METADATA_URL,  # its drain channel: the metadata service
     }
     # Typed ClassAd expressions, as the image's TIDE_ATTR_<Name> takes them; SiteName
     # comes through TIDE_SITE_NAME, and TideSite is what the machine prototype says.
@@ -851,6 +853,46 @@ def test_the_daemon_connects_with_an_api_timeout(
         session = site._conn.session
         assert session.timeout == openstack_site.API_TIMEOUT_S == 30.0
         assert site.list_owned() == []  # and it works
+
+
+def test_a_drain_reaches_the_server_through_its_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real SDK against the fake cloud: the request lands in the server's
+    # metadata, where the server's metadata service serves it to the worker.
+    with FakeOpenStack(InertHypervisor(), port=_free_port()) as cloud:
+        _clouds_yaml(tmp_path, monkeypatch, cloud.clouds_yaml("mycloud"))
+        from tide.assemble import build_adapter  # noqa: PLC0415
+
+        token = tmp_path / "worker.token"
+        token.write_text(TOKEN + "\n")
+        config = _config(
+            worker_token_file=str(token),
+            image="debian-13-docker",
+            flavor="m1.small",
+            security_groups=["condor-worker"],
+        )
+        site = build_adapter("cloud", config, owner=OWNER, pool=POOL)
+        assert isinstance(site, OpenStackSite)
+        server_id = site.create(RID)["server_id"]
+        meta_url = f"{cloud.project.base}/fake-metadata/{server_id}/openstack/latest/meta_data.json"
+
+        def served() -> object:
+            return requests.get(meta_url, timeout=10).json()["meta"].get("tide-drain")
+
+        request = site.drain_startd(RID, "idle 30s", only_idle=True)
+        assert re.fullmatch(r"[0-9a-f]{12}", request)
+        assert served() == f"{request} idle"
+        again = site.drain_startd(RID, "tide drain")
+        assert again != request
+        assert served() == f"{again} graceful"
+        site.cancel_startd_drain(RID, again)
+        assert served() == ""  # the worker cancels the drain it started
+        meta = next(s for s in cloud.servers() if s.id == server_id).metadata
+        assert meta["tide-owner"] == OWNER  # the ownership tags stay
+        with pytest.raises(SiteError, match="not listed") as caught:
+            site.drain_startd("tide-cloud-99999999", "x")
+        assert caught.value.retryable
 
 
 def test_an_unknown_cloud_is_a_site_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,17 @@ the encoded user data) before they leave this module. Note that the cloud
 keeps user data with the server: anyone who can read the server's
 attributes in the project can read the token, as with any cloud-init secret.
 
+Draining: a server's startd cannot be reached from the controller with any
+right to drain it (execute nodes hold no signing key, so they grant no
+remote caller more than READ), and the cloud is the site's only channel to
+its servers. The controller sets the server's metadata key `tide-drain`
+("<request> graceful" or "<request> idle"; "" cancels), and the worker's
+startd reads it from the metadata service itself (the image's
+tide-drain-watch, a startd cron job; images/condor/README.md) and drains
+with condor_drain, authenticated locally. An idle drain is refused by the
+startd itself while a slot holds a claim; the controller sees the drain (or
+not) in the slot ads, and tells it again if it does not show.
+
 A create call that fails on an outage (5xx, connection lost) may still have
 made the server: it carries the ownership metadata and name, so list_owned
 reports it and the controller reconciles it.
@@ -35,6 +46,7 @@ import base64
 import json
 import logging
 import re
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,6 +89,13 @@ API_TIMEOUT_S = 30.0
 """Seconds one request to the cloud may take (openstack.connect's
 api_timeout): a Nova listing or a boot request takes a second or two on a
 healthy cloud."""
+
+METADATA_URL = "http://169.254.169.254/openstack/latest/meta_data.json"
+"""Where a server reads its metadata (the worker's TIDE_DRAIN_URL): the
+metadata service every OpenStack cloud offers its servers."""
+
+DRAIN_KEY = "tide-drain"
+"""The server metadata key carrying a drain request to the server."""
 
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
 # Long runs of base64 (encoded user data the cloud might echo back) are scrubbed
@@ -232,6 +251,31 @@ class OpenStackSite:
             with self._calling(f"deleting server {resource_id}"):
                 self._conn.compute.delete_server(sid, ignore_missing=True)
 
+    # --- drain (tide.startds.DrainingSite) ------------------------------------
+
+    def drain_startd(self, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
+        """Ask the server's startd to drain (gracefully; `only_idle`: only if
+        no slot holds a claim, checked by the startd) through its metadata.
+        Returns the request id; the startd acts on it within its period."""
+        request = uuid.uuid4().hex[:12]
+        mode = "idle" if only_idle else "graceful"
+        self._set_drain(resource_id, f"{request} {mode}", f"draining ({reason})")
+        return request
+
+    def cancel_startd_drain(self, resource_id: str, request_id: str) -> None:
+        self._set_drain(resource_id, "", "cancelling the drain of")
+
+    def _set_drain(self, resource_id: str, value: str, doing: str) -> None:
+        servers = [s for s in self._owned_servers(name=resource_id) if s.resource_id == resource_id]
+        if not servers:
+            raise SiteError(
+                f"site {self.name}: {doing} server {resource_id}: it is not listed", retryable=True
+            )
+        for server in servers:
+            log.info("site %s: %s server %s (%s)", self.name, doing, resource_id, server.id)
+            with self._calling(f"{doing} server {resource_id}"):
+                self._conn.compute.set_server_metadata(server.id, **{DRAIN_KEY: value})
+
     # --- helpers ------------------------------------------------------------
 
     def _owned_servers(self, name: str | None = None) -> list[_Server]:
@@ -347,13 +391,16 @@ class OpenStackSite:
                 memory_mb=shape.memory_mb,
                 disk_mb=shape.disk_mb,
                 attributes=self._attributes,
-                environment=worker_environment(
-                    pool=self._pool,
-                    resource_id=resource_id,
-                    site_name=self._site_name,
-                    shape=Shape(shape.cpus, shape.memory_mb, shape.disk_mb),
-                    attributes=self._attributes,
-                ),
+                environment={
+                    **worker_environment(
+                        pool=self._pool,
+                        resource_id=resource_id,
+                        site_name=self._site_name,
+                        shape=Shape(shape.cpus, shape.memory_mb, shape.disk_mb),
+                        attributes=self._attributes,
+                    ),
+                    "TIDE_DRAIN_URL": METADATA_URL,
+                },
                 token=self._token,
             )
         except jinja2.TemplateError as exc:
@@ -460,4 +507,12 @@ class _Server:
     status: str  # Nova's: BUILD, ACTIVE, ERROR ...
 
 
-__all__ = ["API_TIMEOUT_S", "BUILTIN_TEMPLATE", "USER_DATA_MAX", "WORKER_IMAGE", "OpenStackSite"]
+__all__ = [
+    "API_TIMEOUT_S",
+    "BUILTIN_TEMPLATE",
+    "DRAIN_KEY",
+    "METADATA_URL",
+    "USER_DATA_MAX",
+    "WORKER_IMAGE",
+    "OpenStackSite",
+]

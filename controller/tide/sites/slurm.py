@@ -40,8 +40,8 @@ Signals to the pilot's batch shell (`scancel --batch`, never to the
 HTCondor jobs' own processes) are the channel to its startd - no HTCondor
 credential on the controller's side is needed: SIGTERM makes the pilot
 shut HTCondor down fast - running jobs are vacated back to their schedds,
-the node is free in seconds; SIGUSR1 drains it gracefully, SIGUSR2 cancels
-that. Pilots ask for `--signal=B:TERM@60`, so a cluster that preempts the
+the node is free in seconds; SIGUSR1 drains it gracefully (SIGURG: only if
+idle, checked by the startd), SIGUSR2 cancels that. Pilots ask for `--signal=B:TERM@60`, so a cluster that preempts the
 backfill partition with PreemptParameters=send_user_signal sends the same
 SIGTERM to the shell at once, and GraceTime lets it vacate: Slurm's own
 preemption is a second, independent line.
@@ -94,6 +94,9 @@ JOB_ID = "job_id"
 
 DRAIN_REQUEST = "SIGUSR1"
 """A drain is a signal to the pilot; its cancel (SIGUSR2) ends it whatever its id."""
+IDLE_DRAIN_REQUEST = "SIGURG"
+"""A drain only if idle, checked by the startd (SIGURG: ignored by default, so
+a pilot of an older Tide that has no trap for it is not harmed)."""
 
 PLACED_STATES = frozenset({"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED"})
 """Job states in which a pilot holds its node."""
@@ -243,8 +246,11 @@ class SlurmBackfillSite:
     # --- the DrainingSite interface --------------------------------------
 
     def drain_startd(self, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
-        # SIGUSR1 carries no condition: `only_idle` is not checked at the startd
-        # here (the pilot's trap drains unconditionally, gracefully).
+        # SIGURG: the pilot drains only if no slot holds a claim, checked by
+        # the startd itself; a refusal shows as no drain, told again later.
+        if only_idle:
+            self._signal(resource_id, "URG", "draining (if idle)")
+            return IDLE_DRAIN_REQUEST
         self._signal(resource_id, "USR1", "draining")
         return DRAIN_REQUEST
 
