@@ -36,15 +36,16 @@ Ownership: the job's name is the resource id, and its comment carries
 `tide-owner=<owner> tide-site=<site>`; list_owned lists the submitting
 user's jobs (`squeue --me`) and keeps exactly those.
 
-Signals to the pilot's batch shell (`scancel --batch`, never to the
-HTCondor jobs' own processes) are the channel to its startd - no HTCondor
-credential on the controller's side is needed: SIGTERM makes the pilot
-shut HTCondor down fast - running jobs are vacated back to their schedds,
-the node is free in seconds; SIGUSR1 drains it gracefully (SIGURG: only if
-idle, checked by the startd), SIGUSR2 cancels that. Pilots ask for `--signal=B:TERM@60`, so a cluster that preempts the
-backfill partition with PreemptParameters=send_user_signal sends the same
-SIGTERM to the shell at once, and GraceTime lets it vacate: Slurm's own
-preemption is a second, independent line.
+Signals to the pilot's batch shell (`scancel --batch`, never to the HTCondor
+jobs' own processes) are the channel to its startd - no HTCondor credential
+on the controller's side is needed: SIGTERM makes the pilot shut HTCondor
+down fast - running jobs are vacated back to their schedds, the node is free
+in seconds; SIGUSR1 drains it gracefully (SIGURG: only if idle, checked by
+the startd), SIGUSR2 cancels that. Pilots ask for `--signal=B:TERM@60`, so a
+cluster that preempts the backfill partition with
+PreemptParameters=send_user_signal sends the same SIGTERM to the shell at
+once, and GraceTime lets it vacate: Slurm's own preemption is a second,
+independent line.
 
 Owners: `owner_queue` counts the nodes the owners' pending jobs want (in
 `owner_partitions`, filtered by QOS and account; jobs waiting for less
