@@ -276,10 +276,13 @@ def test_a_pilot_runs_jobs_inside_cvmfsexec_and_leaves_when_idle(tmp_path: Path)
         job = lab.run_job('echo "$TIDE_CVMFSEXEC_DOUBLE"', on=pilot)
         assert job.exit_code == "0"
         assert job.output.startswith(f"repositories={' '.join(lab.CVMFS_REPOSITORIES)} "), job
-        # Idle for idle_timeout_s: drained (SIGUSR1 to the pilot: condor_drain),
-        # then given back; the Slurm job ends.
+        # Idle for idle_timeout_s: drained if idle (SIGURG to the pilot:
+        # condor_drain -check), given back once its startd says Drained; the
+        # Slurm job ends.
         _until("the idle pilot drained and gone", lambda: _pilots(d.site) == {}, timeout=180)
-        assert "startd draining" in d.log.read_text()
+        log = d.log.read_text()
+        assert "startd draining" in log and "request=SIGURG" in log, log[-3000:]
+        assert "drained: no job left" in log, log[-3000:]
 
 
 def _pilot_containers() -> dict[str, str]:
