@@ -281,7 +281,8 @@ def test_a_pilot_runs_jobs_inside_cvmfsexec_and_leaves_when_idle(tmp_path: Path)
         # Slurm job ends.
         _until("the idle pilot drained and gone", lambda: _pilots(d.site) == {}, timeout=180)
         log = d.log.read_text()
-        assert "startd draining" in log and "request=SIGURG" in log, log[-3000:]
+        assert "startd draining" in log, log[-3000:]
+        assert "request=SIGURG" in log, log[-3000:]
         assert "drained: no job left" in log, log[-3000:]
 
 
