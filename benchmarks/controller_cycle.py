@@ -16,10 +16,10 @@ autoclusters from 20 schedds, each matched to 1-3 sites. Only the world
 outside the controller is simulated, in memory, and answers at once:
 
 * `BenchSite`: a simulated site for measurement, not a real one (a
-  tide.sites.base.SiteAdapter and a tide.startds.DrainingSite): it lists what
+  tide.sites.base.SiteAdapter with Capability.DRAIN): it lists what
   it holds, creates and destroys in a dict, and refuses the destroy of a few
   resources (a cloud that fails to delete: they stay STOPPING and are retried).
-* `BenchPool`: the simulated pool: the collector's slots (tide.slots.Slots)
+* `BenchPool`: the simulated pool: the collector's slots (tide.htcondor.slots.Slots)
   and the demand, already matched to sites (a DemandSource).
 
 Steady state: every site is at its quota (demand far exceeds it). Between
@@ -61,14 +61,14 @@ from typing import Any
 
 from benchmarks import report
 from tide import logs
+from tide.htcondor.slots import SlotState
+from tide.htcondor.startds import SiteStartds
 from tide.loop import Controller
 from tide.metrics import Metrics
 from tide.model import Demand, Plan, Shape, Site, SiteLimits, Snapshot, State
 from tide.policy import decide
 from tide.runner import InlineRunner
-from tide.sites.base import Owned, SiteError
-from tide.slots import SlotState
-from tide.startds import SiteStartds
+from tide.sites.base import Capability, Owned, SiteAdapter, SiteError
 from tide.store import Store, new_resource_id
 
 RESULTS = Path(__file__).resolve().parent / "results" / "controller.json"
@@ -142,9 +142,11 @@ class BenchWorld:
                 self.running.append(rid)
 
 
-class BenchSite:
+class BenchSite(SiteAdapter):
     """A simulated site for measurement (not a real site): creates, lists and
     destroys in memory, at once; drains a startd by marking its slot."""
+
+    capabilities = frozenset({Capability.DRAIN})
 
     def __init__(self, name: str, world: BenchWorld) -> None:
         self.name = name
@@ -165,7 +167,7 @@ class BenchSite:
         self._owned.pop(resource_id, None)
         self._world.slots.pop(resource_id, None)
 
-    def drain_startd(self, resource_id: str, reason: str) -> str:
+    def drain_startd(self, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
         slot = self._world.slots.get(resource_id)
         if slot is not None:
             self._world.slots[resource_id] = SlotState(True, slot.claimed_slots, draining=True)
@@ -178,7 +180,7 @@ class BenchSite:
 
 
 class BenchPool:
-    """The simulated pool: the collector's slots (a tide.slots.Slots) and the
+    """The simulated pool: the collector's slots (a tide.htcondor.slots.Slots) and the
     schedds' demand, matched to sites (a tide.loop.DemandSource)."""
 
     def __init__(self, world: BenchWorld, demand: tuple[Demand, ...]) -> None:

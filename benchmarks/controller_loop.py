@@ -47,8 +47,8 @@ import docker.errors
 from tests import lab
 
 from benchmarks import report
-from tide import assemble
 from tide.config import DockerSiteConfig, load_config
+from tide.htcondor import client as htcondor_client
 from tide.store import Store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "controller.json"
@@ -625,8 +625,8 @@ def main() -> None:
     try:
         token = _secret(tmp, "controller.token")
         worker_token = _secret(tmp, "worker.token")
-        folder = assemble.configure_htcondor(lab.COLLECTOR, token)
-        import htcondor2  # noqa: PLC0415  (after configure_htcondor: it reads CONDOR_CONFIG)
+        folder = htcondor_client.configure(lab.COLLECTOR, token)
+        import htcondor2  # noqa: PLC0415  (after htcondor_client.configure: it reads CONDOR_CONFIG)
 
         collector = htcondor2.Collector(lab.COLLECTOR)
         schedd = htcondor2.Schedd(collector.locate(htcondor2.DaemonType.Schedd, lab.CM_HOST))
@@ -639,7 +639,7 @@ def main() -> None:
             report.write(args.output, {"end_to_end_s": end_to_end}, measured=measured)
     finally:
         if folder is not None:
-            assemble.remove_htcondor_config(folder)
+            htcondor_client.unconfigure(folder)
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"[bench] done in {time.monotonic() - started:.0f}s", flush=True)
 

@@ -28,7 +28,7 @@ from tide.daemon import run_daemon
 from tide.sites.base import Owned, PoolEndpoint, SiteAdapter
 
 
-class RecordingSite:
+class RecordingSite(SiteAdapter):
     """A site adapter that records when it is called and creates nothing."""
 
     def __init__(self, name: str, record: TextIO) -> None:

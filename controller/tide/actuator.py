@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
+from tide.htcondor.slots import Slots
+from tide.htcondor.startds import Startds
 from tide.logs import event
 from tide.metrics import Metrics
 from tide.model import (
@@ -32,9 +34,7 @@ from tide.model import (
     TellDrain,
     Undrain,
 )
-from tide.sites.base import BackfillSite, DeadlineExceeded, DrainRefused, SiteAdapter
-from tide.slots import Slots
-from tide.startds import Startds
+from tide.sites.base import Capability, DeadlineExceeded, DrainRefused, SiteAdapter
 from tide.store import Store, StoreError
 
 log = logging.getLogger("tide.actuator")
@@ -109,7 +109,9 @@ class Actuator:
         elif isinstance(action, Destroy):
             if action.boot_failed:
                 self._store.boot_failed(site, now)
-            if self._destroy(site, action.resource, action.reason):
+            if self._boot_closed(site, action.resource) and self._destroy(
+                site, action.resource, action.reason
+            ):
                 withdraw.append(action.resource)
         elif isinstance(action, Evacuate):
             event(log, "evacuating", site=site, resource=action.resource, reason=action.reason)
@@ -178,7 +180,7 @@ class Actuator:
             wait = self._store.destroy_failed(rid, self._clock(), self._limits(site))
             self.failed(site, "destroy", f"destroy failed: retried in {wait:.0f}s", rid, exc)
             return False
-        if isinstance(adapter, BackfillSite):  # gone once its site no longer lists it
+        if Capability.OWNERS in adapter.capabilities:  # gone once its site no longer lists it
             self._store.destroy_pending(rid, self._clock() + VACATE_RECHECK_S)
             event(log, "told to go", site=site, resource=rid, reason=reason)
         else:
@@ -194,6 +196,31 @@ class Actuator:
             self._slots.withdraw(rid)
         except Exception as exc:  # the ads expire on their own; a failure only delays that
             self.failed(site, "withdraw", "withdrawing its slot ads failed", rid, exc)
+
+    def _boot_closed(self, site: str, rid: str) -> bool:
+        """Before a boot is destroyed, tell its startd to drain if idle, where
+        the site can: a startd that came up since the snapshot and holds a
+        claim refuses (the boot is kept, and seen running next cycle), and
+        one still starting takes no job once up (the OpenStack image reads
+        its drain request before its first match). So neither the race with
+        the startd's first match nor a destroy call that hangs and lands
+        late can kill a job. False: do not destroy now."""
+        r = self._store.get(rid)
+        if self._startds is None or r is None or r.state not in (State.REQUESTED, State.BOOTING):
+            return True
+        if r.boot_failed or Capability.DRAIN not in self._sites[site][1].capabilities:
+            return True  # the site says it never comes up; or no channel to its startd
+        try:
+            self._startds.drain(site, rid, "tide: boot given up", only_idle=True)
+        except DrainRefused as exc:
+            event(log, "boot kept: a job got there first", site=site, resource=rid, error=str(exc))
+            return False
+        except DeadlineExceeded as exc:
+            self.failed(site, "drain", "boot not closed in time: destroyed later", rid, exc)
+            return False
+        except Exception as exc:
+            event(log, "boot closed: no startd yet", site=site, resource=rid, error=str(exc))
+        return True
 
     def _tell_drain(self, site: str, rid: str, reason: str, *, only_idle: bool = False) -> None:
         """Tell the resource's startd to drain and record that it was told (a

@@ -19,13 +19,13 @@ from tide import __version__
 from tide.config import (
     Config,
     ConfigError,
-    SlurmBackfillSiteConfig,
     check_secret_file,
     check_secrets,
     load_config,
 )
 from tide.model import ALIVE, Create, Demand, Plan, State
 from tide.onboard import cli as onboard_cli
+from tide.sites.base import Capability
 from tide.store import StateFileError, Store, StoreError
 
 
@@ -162,10 +162,11 @@ def _pool_demand(config: Config) -> str:
     """The pool's idle jobs as `tide run` sees them, as a table; a line
     saying why when the pool cannot be asked (status never fails for that)."""
     from tide import assemble  # noqa: PLC0415
+    from tide.htcondor import client as htcondor_client  # noqa: PLC0415
 
     try:
         check_secret_file(config.pool.token_file)
-        folder = assemble.configure_htcondor(config.pool.collector, config.pool.token_file)
+        folder = htcondor_client.configure(config.pool.collector, config.pool.token_file)
     except (ConfigError, OSError) as exc:
         return f"demand: unknown ({exc})"
     try:
@@ -173,7 +174,7 @@ def _pool_demand(config: Config) -> str:
     except Exception as exc:
         return f"demand: unknown: the pool at {config.pool.collector} did not answer ({exc})"
     finally:
-        assemble.remove_htcondor_config(folder)
+        htcondor_client.unconfigure(folder)
     return demand_table(demand, complete)
 
 
@@ -226,7 +227,7 @@ def _backfill_site(config: Config, site: str) -> str | None:
     """Why `site` cannot be evacuated, or None."""
     if site not in config.sites:
         return f"no site {site!r} in the configuration (sites: {', '.join(sorted(config.sites))})"
-    if not isinstance(config.sites[site], SlurmBackfillSiteConfig):
+    if Capability.OWNERS not in config.sites[site].capabilities:
         return f"site {site!r} is not a backfill site (kind slurm_backfill): nothing to give back"
     return None
 
@@ -350,10 +351,11 @@ def _check(config: Config, args: argparse.Namespace) -> int:
 def _plan(config: Config, args: argparse.Namespace) -> int:
     from tide import assemble  # noqa: PLC0415
     from tide.daemon import configured_adapters  # noqa: PLC0415
+    from tide.htcondor import client as htcondor_client  # noqa: PLC0415
     from tide.sites.base import PoolEndpoint  # noqa: PLC0415
 
     check_secrets(config)
-    folder = assemble.configure_htcondor(config.pool.collector, config.pool.token_file)
+    folder = htcondor_client.configure(config.pool.collector, config.pool.token_file)
     try:
         with Store.open(config.loop.state_file, exclusive=False) as store:
             config, retiring = assemble.with_retiring_sites(config, store, write=False)
@@ -369,7 +371,7 @@ def _plan(config: Config, args: argparse.Namespace) -> int:
             )
             _print_plan(controller.preview())
     finally:
-        assemble.remove_htcondor_config(folder)
+        htcondor_client.unconfigure(folder)
     return 0
 
 

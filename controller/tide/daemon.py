@@ -24,6 +24,7 @@ from types import FrameType
 
 from tide import assemble, logs
 from tide.config import Config, check_secrets
+from tide.htcondor import client as htcondor_client
 from tide.loop import run_forever
 from tide.metrics import Metrics
 from tide.runner import ThreadRunner
@@ -69,7 +70,7 @@ def run_daemon(
     """Run until SIGTERM or SIGINT; 0 then, 2 if a site cannot be set up."""
     check_secrets(config)
     logs.setup(log_level)
-    folder = assemble.configure_htcondor(config.pool.collector, config.pool.token_file)
+    folder = htcondor_client.configure(config.pool.collector, config.pool.token_file)
     try:
         with Store.open(config.loop.state_file, exclusive=True) as store:
             pool = PoolEndpoint(config.pool.collector, config.pool.domain)
@@ -97,5 +98,5 @@ def run_daemon(
                     server.shutdown()
                     server.server_close()
     finally:
-        assemble.remove_htcondor_config(folder)
+        htcondor_client.unconfigure(folder)
     return 0

@@ -30,15 +30,15 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tide.actuator import Actuator
+from tide.htcondor.slots import Slots, SlotState, slots_from_ads
+from tide.htcondor.startds import Startds
 from tide.logs import event
 from tide.metrics import Metrics
 from tide.model import ALIVE, Demand, Owners, Plan, Resource, Site, SiteHealth, Snapshot, State
 from tide.observe import Answers, Evidence, evidence, owners
 from tide.policy import decide
 from tide.runner import InlineRunner, Pending, Runner
-from tide.sites.base import BackfillSite, Owned, OwnerQueue, SiteAdapter
-from tide.slots import Slots, SlotState, slots_from_ads
-from tide.startds import Startds
+from tide.sites.base import Capability, Owned, OwnerQueue, SiteAdapter
 from tide.store import Store
 
 log = logging.getLogger("tide.loop")
@@ -112,7 +112,9 @@ class Controller:
         self._unreconciled: set[str] = set(self._sites)
         self._cycles = 0
         self._backfill = frozenset(
-            name for name, (_s, adapter) in self._sites.items() if isinstance(adapter, BackfillSite)
+            name
+            for name, (_s, adapter) in self._sites.items()
+            if Capability.OWNERS in adapter.capabilities
         )
 
     @property
@@ -153,9 +155,7 @@ class Controller:
         }
         queues: dict[str, Pending[OwnerQueue]] = {}
         for name in sorted(self._backfill - busy if pool else set()):
-            adapter = self._sites[name][1]
-            assert isinstance(adapter, BackfillSite)
-            queues[name] = self._runner.submit(name, adapter.owner_queue)
+            queues[name] = self._runner.submit(name, self._sites[name][1].owner_queue)
         view: Pending[_PoolView] | None = None
         if pool and not self._runner.busy(POOL_LANE):
             view = self._runner.submit(POOL_LANE, self._ask_pool)
@@ -199,7 +199,12 @@ class Controller:
             queue = self._answer(name, "owners", p)
             record = self._store.site(name)
             alive = sum(1 for r in found.resources if r.site == name and r.state in ALIVE)
-            owner_views[name] = owners(record, queue, alive, now)
+            jobs = {} if queue is None else queue.waiting
+            if write and queue is not None:
+                seen = self._store.saw_owner_jobs(name, jobs, now)
+            else:
+                seen = self._store.owner_jobs_seen(name)
+            owner_views[name] = owners(record, queue, alive, now, seen)
             waiting = queue is None or queue.pending_nodes + queue.new_nodes > 0
             if write and waiting:
                 self._store.owners_waited(name, now)

@@ -72,6 +72,8 @@ class SiteLimits:
     )
     owner_quiet_s: float = 60.0  # a backfill site boots again only after its owners waited
     # for nothing this long (hysteresis: owners' jobs come in bursts)
+    owner_grace_s: float = 0.0  # an owner job waits this long before it is evacuated for
+    # (it blocks boots at once): the cluster's own preemption gets the first chance
     redrain_after_s: float = 60.0  # a draining startd seen not draining this long after it
     # was told is told again (it restarted and forgot)
     destroy_retry_max_s: float = (
@@ -154,6 +156,8 @@ class Owners:
     new_nodes: int = 0  # ... of jobs their scheduler has not looked at yet: these block
     # boots, but nothing is evacuated for them yet (the scheduler may make room itself)
     free_nodes: int = 0  # nodes idle, or being given back, that those jobs can have
+    waiting: Mapping[str, tuple[int, float]] = field(default_factory=dict)  # the jobs behind
+    # pending_nodes that their site named: job id -> (nodes, first seen waiting, persisted)
     last_waiting_at: float | None = None  # when owner jobs were last seen waiting
     paused: bool = False  # an operator evacuated the site (`tide evacuate`): no new boots
     evacuate_nodes: int = 0  # nodes an operator asked to give back now (`tide evacuate`)

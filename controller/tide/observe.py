@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from tide.htcondor.slots import SlotState
 from tide.model import Orphan, Owners, Resource, State
 from tide.sites.base import Owned, OwnerQueue
-from tide.slots import SlotState
 from tide.store import EVACUATE_ALL, SiteRecord
 
 _BOOTS = frozenset({State.REQUESTED, State.BOOTING})
@@ -121,7 +121,9 @@ def _promoted(
         return replace(r, state=State.RUNNING, state_since=now, idle_since=None, lost_since=None)
     if (
         r.state is State.STOPPING
-        and (r.destroy_failures > 0 or r.destroy_due is None)  # its site never took the destroy
+        # its site never took the destroy, or took it and still lists it past
+        # the recheck (a pilot told to go before a late create submitted it)
+        and (r.destroy_failures > 0 or r.destroy_due is None or now >= r.destroy_due)
         and slot.advertised
         and slot.claimed_slots > 0
         and not slot.drained
@@ -183,11 +185,18 @@ def _clocks(r: Resource, slot: SlotState, now: float) -> dict[str, float | None]
     return changed
 
 
-def owners(record: SiteRecord, queue: OwnerQueue | None, alive: int, now: float) -> Owners:
+def owners(
+    record: SiteRecord,
+    queue: OwnerQueue | None,
+    alive: int,
+    now: float,
+    first_seen: Mapping[str, float] | None = None,
+) -> Owners:
     """A backfill site's owners: their queue (None: it could not be read, and
     they count as waiting now: boots resume only `owner_quiet_s` after their
-    queue was last seen quiet), when they last waited (persisted), and the
-    operator's standing requests."""
+    queue was last seen quiet), when they last waited and when each waiting
+    job was first seen waiting (`first_seen`, persisted; a job not in it is
+    seen first now), and the operator's standing requests."""
     evacuate = 0
     if record.evacuate == EVACUATE_ALL:
         evacuate = alive
@@ -205,6 +214,9 @@ def owners(record: SiteRecord, queue: OwnerQueue | None, alive: int, now: float)
         pending_nodes=queue.pending_nodes,
         new_nodes=queue.new_nodes,
         free_nodes=queue.free_nodes,
+        waiting={
+            job: (nodes, (first_seen or {}).get(job, now)) for job, nodes in queue.waiting.items()
+        },
         last_waiting_at=now if waiting else record.owners_waiting_at,
         paused=record.paused,
         evacuate_nodes=evacuate,

@@ -33,7 +33,10 @@ How a decision is made:
    boots hold no node and are simply withdrawn. Jobs the site's scheduler
    has not looked at yet block boots but get no evacuation: the scheduler
    may make room itself (preemption), and its choice shows as nodes being
-   given back by the next cycle.
+   given back by the next cycle. So do jobs waiting for less than the site's
+   `owner_grace_s` (owners_due_nodes), timed from when each was first seen
+   waiting (persisted): a cluster that preempts for its owners itself gets
+   the first chance, and the two never give back a node each.
 """
 
 from __future__ import annotations
@@ -74,7 +77,12 @@ def decide(snapshot: Snapshot) -> Plan:
     resources = snapshot.resources
     pools = _classify(resources, snapshot.sites, now)
     evacuations = {
-        name: _evacuate(pools[name], owners)
+        name: _evacuate(
+            pools[name],
+            owners,
+            owners_due_nodes(owners, snapshot.sites[name], now),
+            slots_known=snapshot.slots_known,
+        )
         for name, owners in snapshot.owners.items()
         if name in pools
     }
@@ -161,7 +169,7 @@ def _withhold(snapshot: Snapshot, actions: list[Action], unmatched: list[Demand]
             # restarted and not heard from it yet).
             held.append(HeldBack(action, "boot timeout withheld: the collector cannot vouch"))
         elif not snapshot.safe_to_scale_down and _scales_down(
-            action, r, snapshot.slots_known, backfill=site in snapshot.owners
+            action, r, snapshot.slots_known, evacuating=_evacuating(snapshot.owners.get(site or ""))
         ):
             held.append(HeldBack(action, _blind(snapshot)))
         else:
@@ -169,8 +177,16 @@ def _withhold(snapshot: Snapshot, actions: list[Action], unmatched: list[Demand]
     return Plan(tuple(kept), tuple(unmatched), tuple(held))
 
 
+def _evacuating(owners: Owners | None) -> bool:
+    """Whether a backfill site's resources are being given back to its owners
+    now: their jobs wait, or an operator evacuated it."""
+    return owners is not None and (
+        owners.pending_nodes > 0 or owners.evacuate_nodes > 0 or owners.paused
+    )
+
+
 def _scales_down(
-    action: Action, r: Resource | None, slots_known: bool, *, backfill: bool = False
+    action: Action, r: Resource | None, slots_known: bool, *, evacuating: bool = False
 ) -> bool:
     if isinstance(action, Drain):
         return not action.held
@@ -180,8 +196,9 @@ def _scales_down(
         return not slots_known  # deadline, then the cloud went on), so only if seen not to
     if r.state is State.STOPPING:  # a destroy to retry: it may have come up meanwhile
         # and run jobs, so only while the collector vouches - except at a
-        # backfill site, whose destroy vacates jobs back to idle (an evacuation)
-        return not slots_known and not backfill
+        # backfill site whose owners wait (its destroy vacates jobs back to
+        # idle: an evacuation, which no collector outage may delay)
+        return not slots_known and not evacuating
     if action.boot_failed:
         return False  # a boot that timed out (see _withhold while the collector is unseen)
     return not (r.held and r.drained)  # an operator's drain, done
@@ -286,18 +303,30 @@ def _owners_first(site: Site, owners: Owners | None, now: float) -> bool:
     return waited is not None and now - waited < site.limits.owner_quiet_s
 
 
-def _evacuate(pool: _Pool, owners: Owners) -> list[Action]:
-    """Give the owners' waiting jobs the nodes they lack, plus what an
+def owners_due_nodes(owners: Owners, site: Site, now: float) -> int:
+    """Nodes the owners' waiting jobs want that have waited out the site's
+    `owner_grace_s` (each job timed from when it was first seen waiting; a
+    job the site did not name has waited long enough)."""
+    grace = site.limits.owner_grace_s
+    young = sum(nodes for nodes, since in owners.waiting.values() if now - since < grace)
+    return max(0, owners.pending_nodes - young)
+
+
+def _evacuate(pool: _Pool, owners: Owners, due: int, *, slots_known: bool) -> list[Action]:
+    """Give the owners' waiting jobs (`due`: the nodes of those past their
+    grace time) the nodes they lack, plus what an
     operator asked for, and take what is given out of `pool` (it serves no
     grid demand any more). Nodes already on their way back count against
     the owners' need: free ones, those of boots timing out, drained and lost
-    resources (destroyed this cycle anyway). The resources with the fewest
-    running jobs go first, boots before running machines."""
-    waiting = owners.known and owners.pending_nodes > 0
+    resources (destroyed this cycle anyway) - but not a boot timed out by
+    absence while the collector cannot vouch: its destroy is held back, so
+    it frees nothing and is evacuated like any other boot. The resources
+    with the fewest running jobs go first, boots before running machines."""
+    waiting = owners.known and due > 0
     if not waiting and owners.evacuate_nodes <= 0:
         return []
     if waiting:
-        why = f"owners wait for {owners.pending_nodes} nodes, {owners.free_nodes} free"
+        why = f"owners wait for {due} nodes, {owners.free_nodes} free"
     else:
         why = f"operator evacuation of {owners.evacuate_nodes} nodes"
     actions: list[Action] = [
@@ -309,18 +338,21 @@ def _evacuate(pool: _Pool, owners: Owners) -> list[Action]:
     # Pilots told to go that their site still lists hold their nodes while
     # HTCondor vacates them: on their way back, never given twice.
     vacating = sum(1 for r in pool.leaving if r.placed and r.listed is not False)
-    freeing = sum(r.placed for r in pool.timed_out) + len(pool.drained) + len(pool.lost) + vacating
-    owners_lack = owners.pending_nodes - owners.free_nodes - freeing if waiting else 0
+    held = [r for r in pool.timed_out if not slots_known and not r.boot_failed]
+    timing_out = sum(r.placed for r in pool.timed_out if r not in held)
+    freeing = timing_out + len(pool.drained) + len(pool.lost) + vacating
+    owners_lack = due - owners.free_nodes - freeing if waiting else 0
     lacking = max(0, owners_lack) + owners.evacuate_nodes
     if lacking <= 0:
         return actions
     candidates = sorted(
-        [*pool.booting, *pool.idle, *pool.draining_idle, *pool.busy],
+        [*pool.booting, *held, *pool.idle, *pool.draining_idle, *pool.busy],
         key=lambda r: (r.claimed_slots, r.state not in _BOOTS, r.id),
     )
     chosen = candidates[:lacking]
     gone = {r.id for r in chosen}
     pool.booting = [r for r in pool.booting if r.id not in gone]
+    pool.timed_out = [r for r in pool.timed_out if r.id not in gone]
     pool.idle = [r for r in pool.idle if r.id not in gone]
     pool.draining_idle = [r for r in pool.draining_idle if r.id not in gone]
     pool.busy = [r for r in pool.busy if r.id not in gone]

@@ -84,6 +84,12 @@ CREATE TABLE IF NOT EXISTS sites (
     evacuate INTEGER,
     config TEXT
 ) STRICT;
+CREATE TABLE IF NOT EXISTS owner_jobs (
+    site TEXT NOT NULL,
+    job TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    PRIMARY KEY (site, job)
+) STRICT;
 CREATE TABLE IF NOT EXISTS schedds (
     name TEXT PRIMARY KEY,
     last_seen REAL NOT NULL
@@ -550,6 +556,30 @@ class Store:
     def forget_site(self, name: str) -> None:
         with self._write() as conn:
             conn.execute("DELETE FROM sites WHERE name = ?", (name,))
+            conn.execute("DELETE FROM owner_jobs WHERE site = ?", (name,))
+
+    # --- owners' waiting jobs (a backfill site's grace time) --------------
+
+    def owner_jobs_seen(self, site: str) -> dict[str, float]:
+        """The owners' jobs last seen waiting at `site`, and when each was first seen so."""
+        rows = self._read("SELECT job, first_seen FROM owner_jobs WHERE site = ?", (site,))
+        return {job: at for job, at in rows}
+
+    def saw_owner_jobs(self, site: str, jobs: Collection[str], now: float) -> dict[str, float]:
+        """These owner jobs wait at `site` now: each keeps when it was first seen
+        waiting (new ones: now); jobs no longer waiting are forgotten. Returns
+        job -> first seen."""
+        seen = self.owner_jobs_seen(site)
+        kept = {job: seen.get(job, now) for job in jobs}
+        with self._write() as conn:
+            for job in sorted(set(seen) - set(kept)):
+                conn.execute("DELETE FROM owner_jobs WHERE site = ? AND job = ?", (site, job))
+            for job in sorted(set(kept) - set(seen)):
+                conn.execute(
+                    "INSERT INTO owner_jobs (site, job, first_seen) VALUES (?, ?, ?)",
+                    (site, job, now),
+                )
+        return kept
 
     # --- schedds ----------------------------------------------------------
 

@@ -11,7 +11,8 @@ the hypervisor has removed it, then gone.
 
 A HUNG Nova on demand: `FakeNova.hang_create_s` holds every create request
 that long before serving it (a cloud whose API stalls: the client's own
-timeout runs out first, and the server may appear later all the same).
+timeout runs out first, and the server may appear later all the same);
+`hang_delete_s` does the same to deletes, and the server is deleted late.
 `InertHypervisor` runs nothing, for tests that need only the cloud's API."""
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class FakeNova:
         # served (0: served at once). A hang cut short by release_hangs()
         # (the fake stopping) is answered 503 and creates nothing.
         self.hang_create_s = 0.0
+        self.hang_delete_s = 0.0  # ... and each delete (then carried out all the same)
         self.hung_creates: list[float] = []  # time.monotonic() each held create arrived
         self._hangs_held = 0
         self._release = threading.Event()
@@ -451,6 +453,8 @@ class FakeNova:
         )
 
     def _delete_server(self, call: Call, match: re.Match[str], version: Version) -> Reply:
+        if self.hang_delete_s > 0:  # the client gives up; the delete lands late all the same
+            self._release.wait(self.hang_delete_s)
         with self._project.lock:
             server = self._servers.get(match["id"])
             if server is None:

@@ -1,7 +1,7 @@
 """A FAKE OpenStack cloud, for tests only: a small HTTP service on 127.0.0.1
 that speaks just enough Keystone v3, Nova (compute API v2.1, microversions
 2.1-2.96), Glance v2 and Neutron v2.0 for openstacksdk 4.22 to make the calls
-tide.sites.openstack.OpenStackSite makes, through `openstack.connect()` and a
+tide.sites.openstack.adapter.OpenStackSite makes, through `openstack.connect()` and a
 clouds.yaml, as against a real cloud. The services sit under one address as
 devstack lays them out (/v3, /compute/v2.1, /image, /network).
 

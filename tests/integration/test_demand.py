@@ -13,7 +13,7 @@ import pytest
 
 from tests import lab
 from tests.pool import client
-from tide.demand import PoolDemandReader, demand_from, prototype
+from tide.htcondor.demand import PoolDemandReader, demand_from, prototype
 from tide.model import Shape
 
 SUBMIT = """executable = /bin/true

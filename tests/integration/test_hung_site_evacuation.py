@@ -2,7 +2,7 @@
 the lab's Slurm cluster as a backfill site (over SSH, as
 test_site_slurm.py configures it) and an OpenStack site against the FAKE
 cloud of tests/doubles whose create call hangs (`hang_create_s`, 60 s: the
-SDK's own timeout, tide.sites.openstack.API_TIMEOUT_S, runs out first).
+SDK's own timeout, tide.sites.openstack.adapter.API_TIMEOUT_S, runs out first).
 
 Grid jobs keep a pilot on every Slurm node, another grid job makes the
 daemon create a server at the cloud, and while that call hangs owners
@@ -39,7 +39,7 @@ from tests.integration.test_site_slurm import (
 )
 
 HANG_S = 60.0
-API_TIMEOUT_S = 30.0  # tide.sites.openstack.API_TIMEOUT_S: the daemon's call returns by then
+API_TIMEOUT_S = 30.0  # tide.sites.openstack.adapter.API_TIMEOUT_S: the call returns by then
 OWNER_START_BOUND_S = 60  # the other evacuation tests' bound (test_site_slurm.py)
 OWNERS = 2
 CLOUD = "fake"

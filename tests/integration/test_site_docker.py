@@ -14,7 +14,7 @@ from tests import lab
 from tests.pool import client, slot_advertised
 from tide.config import DockerSiteConfig
 from tide.sites.base import OWNER_TAG, PoolEndpoint
-from tide.sites.docker import DockerSite
+from tide.sites.docker.adapter import DockerSite
 
 SITE = "itest"
 # Clear of the lab's 29618-29680 and of the unit tests' 29900-29902.

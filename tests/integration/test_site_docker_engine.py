@@ -1,4 +1,4 @@
-"""The Docker site (controller/tide/sites/docker.py) against this machine's
+"""The Docker site (controller/tide/sites/docker/adapter.py) against this machine's
 real Docker engine and the real worker image tide/condor: the containers it
 runs (settings, token mount, labels), the shared ports it hands out, what it
 lists, and that create and destroy are idempotent.
@@ -36,7 +36,7 @@ from tide.sites.base import (
     SiteAdapter,
     SiteError,
 )
-from tide.sites.docker import EXECUTE_DIR, PORT_LABEL, TOKEN_PATH, DockerSite
+from tide.sites.docker.adapter import EXECUTE_DIR, PORT_LABEL, TOKEN_PATH, DockerSite
 
 IMAGE = "tide/condor:0.1.0"
 POOL = PoolEndpoint(collector="127.0.0.1:1", pool_domain="unit.tide")

@@ -28,12 +28,12 @@ from tests.simulation.clock import VirtualClock
 from tests.simulation.faults import Faults, SimCrash
 from tests.simulation.pool import read_demand
 from tests.simulation.world import World
-from tide.demand import SCHEDD_MEMORY_S, missing_schedds
+from tide.htcondor.demand import SCHEDD_MEMORY_S, missing_schedds
+from tide.htcondor.startds import SiteStartds
 from tide.loop import Controller
 from tide.model import Demand, State
 from tide.runner import Pending
 from tide.sites.base import SiteAdapter
-from tide.startds import SiteStartds
 from tide.store import Store, StoreError
 
 log = logging.getLogger("tests.simulation")
@@ -127,15 +127,18 @@ class Handle:
         self.controller: Controller | None = controller
         self.cycles = 0
 
-    def cycle(self) -> None:
-        """One pass of tide.loop.run_forever's loop."""
+    def cycle(self) -> bool:
+        """One pass of tide.loop.run_forever's loop; whether it completed (a
+        failed one, e.g. on a store error, may not have recorded what it saw)."""
         c = self.controller
         assert c is not None
+        self.cycles += 1
         try:
             c.cycle()
         except Exception:
             log.exception("cycle failed")
-        self.cycles += 1
+            return False
+        return True
 
     def crash(self) -> None:
         """The process is killed: the store's file is closed (as the kernel

@@ -13,9 +13,11 @@
    every live record exists at its site and vice versa, every site holds
    nothing and every job completed exactly once.
 4. Evacuation on time: a backfill owner job that waits only because pilots
-   hold nodes gets them within 3 loop intervals + the longest vacate + the
-   longest call at that site, counted from the last fault at that site
-   itself or restart of the controller, whatever other sites do.
+   hold nodes gets them within its site's owner_grace_s (in whole loop
+   intervals: it is judged once a cycle) + 3 loop intervals + the
+   longest vacate + the longest call at that site, counted from the last
+   fault at that site itself or restart of the controller, whatever other
+   sites do.
 5. Quotas and boot caps: the resources alive at a site never exceed its
    max_resources; boots in flight never exceed max_booting; a backfill site
    gives back no more nodes than its owners lack (pilots vacating <= owners'
@@ -33,6 +35,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -348,7 +351,10 @@ class Checker:
         blocked = getattr(w.sites[name], "blocked_since", None)
         if blocked is None:
             return
-        deadline = 3 * w.scenario.interval_s + VACATE_MAX_S + w.specs[name].max_call_s
+        spec, interval = w.specs[name], w.scenario.interval_s
+        # The grace time is judged once per cycle: whole intervals of it.
+        grace = math.ceil(spec.limits.owner_grace_s / interval) * interval
+        deadline = grace + 3 * interval + VACATE_MAX_S + spec.max_call_s
         if w.clock.now - blocked > deadline:
             w.violate(
                 "4 evacuation on time",

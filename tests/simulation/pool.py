@@ -270,7 +270,7 @@ def read_demand(world: World) -> tuple[tuple[Demand, ...], set[str], list[str]]:
     the schedds the collector lists are asked. Returns the demand, the
     schedds that answered and the schedds listed; completeness (every listed
     one answered, and none that answered lately missing) is judged by the
-    harness with the real tide.demand.missing_schedds."""
+    harness with the real tide.htcondor.demand.missing_schedds."""
     pool = world.pool
     listed = world.call(
         "collector.schedds", lambda: sorted(n for n, s in pool.schedds.items() if s.listed)

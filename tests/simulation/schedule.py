@@ -87,6 +87,12 @@ def random_scenario(seed: int) -> Scenario:
                 backoff_max_s=120.0,
                 lost_timeout_s=rng.choice([150.0, 300.0]),
                 owner_quiet_s=rng.choice([30.0, 60.0]),
+                # Its own draw, so adding it left every other scenario as it was.
+                owner_grace_s=random.Random(f"tide-sim-grace-{seed}-{letter}").choice(  # noqa: S311
+                    [0.0, 0.0, 5.0, 20.0]
+                )
+                if kind == "slurm"
+                else 0.0,
             ),
             nodes=rng.randint(2, 4) if kind == "slurm" else 0,
             call_s=CALL_S[kind],
@@ -238,9 +244,12 @@ class _Run:
         w.log("cycle")
         assert self.handle is not None
         try:
-            self.handle.cycle()
+            completed = self.handle.cycle()
             w.daemon_cycles += 1
-            w.checker.cycle_done()
+            if completed:
+                w.checker.cycle_done()
+            else:  # what it saw may not be recorded: judged as a crash would be
+                w.checker.cycle_crashed()
         except SimCrash:
             w.in_cycle = False
             self._crashed()

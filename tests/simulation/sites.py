@@ -3,14 +3,14 @@ simulated world. Every call goes through World.call, which advances the
 virtual clock by the call's duration and injects the schedule's faults
 (crash before/after, failure, hang past the deadline, late effect).
 
-- DockerSim: boots in seconds; drains its startds (a DrainingSite);
+- DockerSim: boots in seconds; drains its startds (Capability.DRAIN);
   destroy stops the container at once (running jobs killed).
 - OpenStackSim: drains through its servers' metadata: the call only sets
   it, and the server's startd acts on it 0.5-6 s later (tide-drain-watch's
   period), refusing an idle drain while it holds a claim; boots take
   20-120 s; a boot may fail (Owned.failed, status ERROR); a young server
   may be missing from the listing for a few seconds (listing lag).
-- SlurmSim: a backfill site (BackfillSite.owner_queue, DrainingSite) with N
+- SlurmSim: a backfill site (Capability.OWNERS and DRAIN) with N
   nodes. A pilot without a free node is queued (Owned.placed=False).
   Destroy is SIGTERM: running jobs are vacated back to idle, the pilot stays
   listed holding its node for 1-20 s, then it is gone. Owners submit jobs
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tide.model import Shape, SiteLimits
-from tide.sites.base import Owned, OwnerQueue, SiteError
+from tide.sites.base import Capability, Owned, OwnerQueue, SiteAdapter, SiteError
 
 if TYPE_CHECKING:
     from tests.simulation.world import World
@@ -70,7 +70,7 @@ class OwnerJob:
     started: bool = False
 
 
-class SimSite:
+class SimSite(SiteAdapter):
     """What every simulated site shares."""
 
     def __init__(self, world: World, spec: SiteSpec) -> None:
@@ -134,7 +134,7 @@ class SimSite:
             w.log(f"{self.name}: {rid} destroyed")
             w.pool.remove(rid, allowed=False, why="destroyed with its jobs running")
 
-    # --- startd drains (DrainingSite), for the sites that can -----------
+    # --- startd drains (Capability.DRAIN), for the sites that can -------
 
     def _drain(self, rid: str, on: bool) -> str:
         s = self.world.pool.startds.get(rid)
@@ -146,6 +146,8 @@ class SimSite:
 
 
 class DockerSim(SimSite):
+    capabilities = frozenset({Capability.DRAIN})
+
     def _boot(self, r: SimResource) -> None:
         self.world.after(self.world.rng.uniform(1.0, 5.0), lambda: self._startd(r.rid), None)
 
@@ -163,6 +165,8 @@ class DockerSim(SimSite):
 
 
 class OpenStackSim(SimSite):
+    capabilities = frozenset({Capability.DRAIN})
+
     def __init__(self, world: World, spec: SiteSpec) -> None:
         super().__init__(world, spec)
         self.metadata: dict[str, tuple[str, str] | None] = {}  # tide-drain: request, mode
@@ -191,6 +195,12 @@ class OpenStackSim(SimSite):
         w = self.world
         w.after(w.rng.uniform(0.5, 6.0), functools.partial(self._watch, rid), None)
         return request
+
+    def _startd(self, rid: str) -> None:
+        """The startd starts, and its drain watch runs before its first match
+        (the image's START waits for the watch's first run: TideDrainChecked)."""
+        super()._startd(rid)
+        self._watch(rid)
 
     def _watch(self, rid: str) -> None:
         """The server's tide-drain-watch acting on its metadata, as the image's does."""
@@ -234,6 +244,8 @@ class OpenStackSim(SimSite):
 
 
 class SlurmSim(SimSite):
+    capabilities = frozenset({Capability.DRAIN, Capability.OWNERS})
+
     def __init__(self, world: World, spec: SiteSpec) -> None:
         super().__init__(world, spec)
         self.owner_jobs: list[OwnerJob] = []  # pending and running, in submit order
@@ -241,6 +253,7 @@ class SlurmSim(SimSite):
         self.pending_pilots: list[str] = []
         # Invariant 4: since when the head owner job waits only because pilots hold nodes.
         self.blocked_since: float | None = None
+        self._blocked_head: int | None = None
         self.last_answer: OwnerQueue | None = None
         self.vacate_s = (1.0, 20.0)  # a SIGTERMed pilot holds its node this long
 
@@ -281,13 +294,15 @@ class SlurmSim(SimSite):
         self._blocked()
 
     def _blocked(self) -> None:
+        """Since when the head owner job waits only because pilots hold nodes:
+        each head job's own wait (its site's owner_grace_s is timed per job)."""
         waiting = self.waiting()
         head = waiting[0] if waiting else None
         blocked = head is not None and head.nodes <= self.spec.nodes - self.owner_nodes()
-        if not blocked:
-            self.blocked_since = None
-        elif self.blocked_since is None:
-            self.blocked_since = self.world.clock()
+        if not blocked or head is None:
+            self.blocked_since, self._blocked_head = None, None
+        elif self.blocked_since is None or self._blocked_head != head.id:
+            self.blocked_since, self._blocked_head = self.world.clock(), head.id
 
     def _owner_done(self, job: OwnerJob) -> Callable[[], None]:
         def done() -> None:
@@ -324,7 +339,19 @@ class SlurmSim(SimSite):
         self.pending_pilots.append(r.rid)
         self.schedule()
 
+    def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
+        # Whether this is an evacuation is judged when the controller asks: a
+        # call that returns late still vacates for the owners who waited then.
+        asked = self.world.evacuation_context(self.name)
+        self.world.on_destroy_call(self.name, resource_id)
+        self.world.call(
+            f"{self.name}.destroy", lambda: self._vacate(resource_id, asked), site=self.name
+        )
+
     def _destroy(self, rid: str) -> None:
+        self._vacate(rid, asked=False)
+
+    def _vacate(self, rid: str, asked: bool) -> None:
         w = self.world
         r = self.resources.get(rid)
         if r is None or r.vacating:
@@ -334,7 +361,7 @@ class SlurmSim(SimSite):
             self.pending_pilots.remove(rid)
             w.log(f"{self.name}: queued pilot {rid} cancelled")
             return
-        evacuation = w.evacuation_context(self.name)
+        evacuation = asked or w.evacuation_context(self.name)
         w.on_evacuate(self, rid)
         r.vacating, r.status = True, "RUNNING"
         w.log(f"{self.name}: pilot {rid} SIGTERM: vacating")
@@ -352,13 +379,15 @@ class SlurmSim(SimSite):
     def _owner_queue(self) -> OwnerQueue:
         waiting = self.waiting()
         answer = OwnerQueue(
-            pending_nodes=sum(j.nodes for j in waiting), free_nodes=max(0, self.free_nodes())
+            pending_nodes=sum(j.nodes for j in waiting),
+            free_nodes=max(0, self.free_nodes()),
+            waiting={str(j.id): j.nodes for j in waiting},
         )
         self.last_answer = answer
         self.world.on_owner_answer(self.name, answer)
         return answer
 
-    # BackfillSite and DrainingSite
+    # Capability.OWNERS and Capability.DRAIN
 
     def owner_queue(self) -> OwnerQueue:
         return self.world.call(f"{self.name}.owners", self._owner_queue, site=self.name)

@@ -187,6 +187,8 @@ class World:
         self.checker.evacuate(site, rid)
 
     def on_owner_answer(self, site: str, answer: OwnerQueue) -> None:
+        if self.in_late_effect:  # nobody waits for it any more: the controller never knew
+            return
         self.checker.owner_answer(site, answer)
 
     def on_boot(self, site: str) -> None:
@@ -286,7 +288,7 @@ class SimSlots:
         return self.world.call("collector.query", pool.slot_states)
 
     def started_at(self) -> float:
-        """When the simulated collector last (re)started (tide.slots.CollectorSlots)."""
+        """When the simulated collector last (re)started (tide.htcondor.slots.CollectorSlots)."""
         pool = self.world.pool
         return self.world.call("collector.age", lambda: pool.collector_started_at)
 

@@ -132,13 +132,13 @@ def test_run_refuses_a_readable_token(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_configure_htcondor_writes_a_private_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tide import assemble  # noqa: PLC0415
+    from tide.htcondor import client as htcondor_client  # noqa: PLC0415
 
     monkeypatch.delitem(sys.modules, "htcondor2", raising=False)  # no reload of a real one
     monkeypatch.setenv("CONDOR_CONFIG", "/nonexistent")
     token = tmp_path / "pool.token"
     token.write_text("secret-token")
-    folder = assemble.configure_htcondor("cm.example.org:9618", token)
+    folder = htcondor_client.configure("cm.example.org:9618", token)
     try:
         assert folder.stat().st_mode & 0o777 == 0o700
         copy = folder / "tokens.d" / "pool.token"
@@ -150,7 +150,7 @@ def test_configure_htcondor_writes_a_private_config(
         assert "SEC_CLIENT_AUTHENTICATION_METHODS = IDTOKENS" in text
         assert f"SEC_TOKEN_DIRECTORY = {folder / 'tokens.d'}" in text
     finally:
-        assemble.remove_htcondor_config(folder)
+        htcondor_client.unconfigure(folder)
     assert not folder.exists()
 
 

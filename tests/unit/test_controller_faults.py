@@ -14,7 +14,7 @@ import pytest
 
 from tests.unit.test_loop import LIMITS, FakeBackfillSite, World, running_world
 from tide.cli import main
-from tide.demand import missing_schedds
+from tide.htcondor.demand import missing_schedds
 from tide.loop import Controller, SlotState
 from tide.model import Create, Demand, Drain, Resource, Shape, Site, Snapshot, State
 from tide.policy import decide

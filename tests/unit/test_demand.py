@@ -1,4 +1,4 @@
-"""Where demand comes from (controller/tide/demand.py): machine prototypes and
+"""Where demand comes from (controller/tide/htcondor/demand.py): machine prototypes and
 matching with the real classad2 bindings, and the pool reader against a fake
 htcondor2 (no pool here)."""
 
@@ -12,8 +12,8 @@ from typing import Any
 import classad2
 import pytest
 
-from tide import demand
-from tide.demand import (
+from tide.htcondor import demand
+from tide.htcondor.demand import (
     GROUP_BY,
     IDLE_JOBS,
     AutoCluster,
@@ -367,7 +367,7 @@ def test_an_autocluster_ad_uses_its_autocluster_id() -> None:
 def test_an_ad_without_usable_requests_is_skipped(
     ad_text: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="tide.demand"):
+    with caplog.at_level(logging.WARNING, logger="tide.htcondor.demand"):
         assert autocluster_from_ad("s1", classad2.ClassAd(ad_text)) is None
     assert "s1" in caplog.text
 
@@ -436,7 +436,7 @@ def test_the_reader_asks_every_schedd_and_skips_one_that_fails(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     reader = PoolDemandReader("cm.example.org:9618")
-    with caplog.at_level(logging.WARNING, logger="tide.demand"):
+    with caplog.at_level(logging.WARNING, logger="tide.htcondor.demand"):
         got = reader.autoclusters()
     assert [(c.schedd, c.id, c.idle_jobs) for c in got] == [("a", 1, 5), ("a", 2, 1), ("c", 1, 3)]
     assert reader.failed_schedds == ("b",)

@@ -20,7 +20,15 @@ from tide.model import (
     SiteLimits,
     State,
 )
-from tide.sites.base import DrainRefused, Owned, OwnerQueue, SiteError
+from tide.sites.base import (
+    Capability,
+    DeadlineExceeded,
+    DrainRefused,
+    Owned,
+    OwnerQueue,
+    SiteAdapter,
+    SiteError,
+)
 from tide.store import Store
 
 LIMITS = SiteLimits(
@@ -33,7 +41,7 @@ LIMITS = SiteLimits(
 )
 
 
-class FakeSite:
+class FakeSite(SiteAdapter):
     """Test double of tide.sites.base.SiteAdapter: records calls, keeps the
     resources it "created" in `owned`, and fails on demand. `on_create` runs
     inside create, before it succeeds or fails (to check what the store holds)."""
@@ -74,7 +82,9 @@ class FakeSite:
 
 
 class FakeBackfillSite(FakeSite):
-    """FakeSite whose owners wait for `queue` (tide.sites.base.BackfillSite)."""
+    """FakeSite whose owners wait for `queue` (Capability.OWNERS)."""
+
+    capabilities = frozenset({Capability.OWNERS})
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -111,7 +121,7 @@ class FakeSlots:
 
 
 class FakeStartds:
-    """Test double of tide.startds.Startds over FakeSlots: a drain of an
+    """Test double of tide.htcondor.startds.Startds over FakeSlots: a drain of an
     advertised startd with no claimed slot completes at once (its slots turn
     "Drained"), as HTCondor's does; one with jobs stays draining."""
 
@@ -808,3 +818,83 @@ def test_a_backfill_site_is_listed_once_per_cycle_with_boots_in_flight(store: St
     w.clock.now += 1
     w.controller.cycle()
     assert site.listings == before + 1  # reconcile's listing serves the boot check too
+
+
+def surplus_boot(store: Store) -> tuple[World, str]:
+    """A boot at a site that drains its startds, no longer wanted."""
+    w = World(store)
+    w.sites["a"].capabilities = frozenset({Capability.DRAIN})
+    w.want(1)
+    w.controller.cycle()
+    (rid,) = w.sites["a"].created
+    w.demand = ()
+    w.clock.now += 1
+    return w, rid
+
+
+def test_a_surplus_boot_is_told_to_drain_if_idle_before_it_is_destroyed(store: Store) -> None:
+    # A startd still starting (OpenStack: the server reads the request from
+    # its metadata before its first match) takes no job once up, even if the
+    # destroy call hangs and lands late.
+    w, rid = surplus_boot(store)
+    calls: list[str] = []
+    drain, destroy = w.startds.drain, w.sites["a"].destroy
+    w.startds.later = True
+    w.slots.slots[rid] = SlotState(False, 0)  # known to the fake startds, not advertised
+
+    def drained(site: str, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
+        calls.append(f"drain only_idle={only_idle}")
+        return drain(site, resource_id, reason, only_idle=only_idle)
+
+    def destroyed(resource_id: str, details: Mapping[str, str]) -> None:
+        calls.append("destroy")
+        destroy(resource_id, details)
+
+    w.startds.drain = drained  # type: ignore[method-assign]
+    w.sites["a"].destroy = destroyed  # type: ignore[method-assign]
+    w.controller.cycle()
+    assert calls == ["drain only_idle=True", "destroy"]
+    assert w.states()[rid] is State.GONE
+
+
+def test_a_surplus_boot_whose_startd_took_a_job_meanwhile_is_kept(store: Store) -> None:
+    w, rid = surplus_boot(store)
+    w.startds.fail = DrainRefused(f"the startd of {rid} holds a claim: drain refused")
+    w.controller.cycle()
+    assert w.sites["a"].destroyed == []
+    assert w.states()[rid] is State.BOOTING  # seen running once its slot is advertised
+
+
+def test_a_surplus_boot_whose_drain_call_hangs_is_destroyed_only_later(store: Store) -> None:
+    w, rid = surplus_boot(store)
+    w.startds.fail = DeadlineExceeded("a: drain: no answer within 30s")
+    w.controller.cycle()
+    assert w.sites["a"].destroyed == []
+    w.startds.fail = None  # no startd up yet: nothing can run there, destroyed
+    w.clock.now += 1
+    w.controller.cycle()
+    assert w.sites["a"].destroyed == [rid]
+    assert w.states()[rid] is State.GONE
+
+
+def test_a_pilot_told_to_go_that_runs_jobs_later_is_drained_not_vacated(store: Store) -> None:
+    # Told to go before a create that outlived its deadline submitted it (the
+    # signal found no job), it runs jobs now and no owner waits: SIGTERM again
+    # would vacate them. Past the recheck it is drained instead (issue 11, point 1).
+    w, site, (rid,) = backfill_world(store, busy=(0,))
+    site.queue = OwnerQueue(pending_nodes=1, free_nodes=0)
+    w.clock.now += 1
+    w.controller.cycle()
+    assert site.destroyed == [rid]
+    site.queue = OwnerQueue(pending_nodes=0, free_nodes=0)
+    site.owned[rid] = Owned(rid, "RUNNING")  # still listed: the late pilot
+    w.slots.slots[rid] = SlotState(True, 1)
+    w.slots.fail = SiteError("collector: no answer", retryable=True)
+    w.clock.now += 61  # past the recheck, and the collector cannot vouch
+    w.controller.cycle()
+    assert site.destroyed == [rid]  # no second SIGTERM while no owner waits
+    w.slots.fail = None
+    w.clock.now += 1
+    w.controller.cycle()
+    assert w.states()[rid] is State.DRAINING
+    assert site.destroyed == [rid]

@@ -115,3 +115,50 @@ def test_evacuated_resources_serve_no_grid_demand() -> None:
         backfill(demand=2, resources=(idle("r1"), idle("r2")), owners=Owners(pending_nodes=1))
     )
     assert bare(plan) == [("evacuate", "r1", None)]
+
+
+GRACE = 5.0
+
+
+def graced(owners: Owners, resources: tuple[Resource, ...]) -> Snapshot:
+    s = backfill(resources=resources, owners=owners)
+    (a,) = s.sites.values()
+    return replace(s, sites={"a": replace(a, limits=replace(a.limits, owner_grace_s=GRACE))})
+
+
+@pytest.mark.parametrize(("waited", "evacuated"), [(0.0, 0), (GRACE - 0.1, 0), (GRACE, 2)])
+def test_owner_jobs_within_the_grace_time_block_boots_but_evacuate_nothing(
+    waited: float, evacuated: int
+) -> None:
+    # Job 12 (2 nodes) first seen `waited` ago, timed on the controller's clock
+    # from the persisted first-seen time, not from when its site answered.
+    owners = Owners(pending_nodes=2, waiting={"12": (2, NOW - waited)})
+    plan = decide(graced(owners, (working("r1", 1), working("r2", 2))))
+    assert len([a for a in bare(plan) if a[0] == "evacuate"]) == evacuated
+    assert not [a for a in bare(plan) if a[0] == "create"]
+
+
+def test_only_the_jobs_past_their_grace_time_are_evacuated_for() -> None:
+    owners = Owners(pending_nodes=3, waiting={"11": (1, NOW - 60), "12": (2, NOW - 1)})
+    plan = decide(graced(owners, (working("r1", 1), working("r2", 2), working("r3", 3))))
+    assert bare(plan) == [("evacuate", "r1", None)]
+    assert plan.actions[0].reason.startswith("owners wait for 1 nodes, 0 free")
+
+
+def test_an_unnamed_waiting_job_has_waited_out_its_grace_time() -> None:
+    # A site that names no job (or a record lost): nothing holds the owners back.
+    plan = decide(graced(Owners(pending_nodes=1), (working("r1", 1),)))
+    assert bare(plan) == [("evacuate", "r1", None)]
+
+
+def test_a_timed_out_boot_held_back_while_the_collector_cannot_vouch_frees_no_node() -> None:
+    # Its destroy waits for the collector (it may be up and running jobs), so
+    # it is no node on its way back: the owners get it by evacuation, now.
+    stale = booting("r1", created=NOW - 601)  # past boot_timeout_s (600), never seen
+    s = backfill(resources=(stale,), owners=Owners(pending_nodes=1))
+    blind = replace(s, slots_known=False)
+    plan = decide(blind)
+    assert bare(plan) == [("evacuate", "r1", None)]
+    assert not plan.held_back
+    # With the collector answering, its boot timeout frees the node: no evacuation.
+    assert [a for a in bare(decide(s)) if a[0] == "evacuate"] == []

@@ -1,4 +1,4 @@
-"""The Docker site (controller/tide/sites/docker.py) at its edge, without a
+"""The Docker site (controller/tide/sites/docker/adapter.py) at its edge, without a
 Docker engine: the real Docker SDK talks to stand-ins on 127.0.0.1 - an
 engine that is not there, a socket that accepts and never answers, and
 `FakeEngine`, a few routes of the engine's API (version, list, create,
@@ -20,9 +20,9 @@ import pytest
 
 from tests.unit.deadline import Silent, within
 from tide.config import DockerSiteConfig
-from tide.sites import docker as docker_site
 from tide.sites.base import DeadlineExceeded, PoolEndpoint, SiteAdapter, SiteError
-from tide.sites.docker import PORT_LABEL, STOP_GRACE_MAX_S, DockerSite, engine_client
+from tide.sites.docker import adapter as docker_site
+from tide.sites.docker.adapter import PORT_LABEL, STOP_GRACE_MAX_S, DockerSite, engine_client
 
 OWNER = "tide-unit"
 POOL = PoolEndpoint(collector="127.0.0.1:29618", pool_domain="pool.example.org")

@@ -1,4 +1,4 @@
-"""The OpenStack site (controller/tide/sites/openstack.py) at the level of
+"""The OpenStack site (controller/tide/sites/openstack/adapter.py) at the level of
 openstacksdk's proxy calls: the exact calls and arguments it makes, the user
 data it boots servers with, how cloud errors map to SiteError, and that the
 worker token never leaks into a log or an error. No cloud is contacted: the
@@ -32,7 +32,6 @@ from tests.doubles.fake_openstack import FakeOpenStack
 from tests.doubles.fake_openstack_base import Reply
 from tests.unit.deadline import Silent, within
 from tide.config import OpenStackSiteConfig
-from tide.sites import openstack as openstack_site
 from tide.sites.base import (
     DeadlineExceeded,
     Owned,
@@ -41,7 +40,8 @@ from tide.sites.base import (
     SiteAdapter,
     SiteError,
 )
-from tide.sites.openstack import METADATA_URL, USER_DATA_MAX, WORKER_IMAGE, OpenStackSite
+from tide.sites.openstack import adapter as openstack_site
+from tide.sites.openstack.adapter import METADATA_URL, USER_DATA_MAX, WORKER_IMAGE, OpenStackSite
 
 TOP = Path(__file__).resolve().parents[2]
 

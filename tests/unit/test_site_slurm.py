@@ -13,7 +13,7 @@ import shlex
 import subprocess
 import textwrap
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from tide.config import ConfigError, SlurmBackfillSiteConfig, load_config
 from tide.executors import CommandTimedOut, Completed, LocalExecutor
 from tide.model import Shape
 from tide.sites.base import DeadlineExceeded, OwnerQueue, PoolEndpoint, SiteError
-from tide.sites.slurm import SlurmBackfillSite, ending_nodes, owner_queue_from
+from tide.sites.slurm.adapter import SlurmBackfillSite, ending_nodes, owner_queue_from
 
 CONFIG = """\
 pool:
@@ -99,17 +99,13 @@ def test_the_owners_queue_counts_nodes_waited_for_and_free() -> None:
     # (not yet scheduled); the pilots' own partition is not the owners';
     # max-001 is listed once per partition.
     assert owner_queue_from(SQUEUE, SINFO, pilots_partition="backfill") == OwnerQueue(
-        pending_nodes=3, free_nodes=2, new_nodes=3
+        pending_nodes=3, free_nodes=2, new_nodes=3, waiting={"11": 1, "12": 2}
     )
 
 
-def test_owner_jobs_within_the_grace_time_are_new() -> None:
-    queue = owner_queue_from(SQUEUE, SINFO, pilots_partition="backfill", young={"12"})
-    assert queue == OwnerQueue(pending_nodes=1, free_nodes=2, new_nodes=5)
-
-
-def test_the_grace_time_runs_on_the_controllers_clock(tmp_path: Path) -> None:
-    now = [100.0]
+def test_the_site_names_the_waiting_jobs_and_keeps_no_clock(tmp_path: Path) -> None:
+    # The grace time is the policy's (tide.policy.owners_due_nodes, persisted
+    # first-seen times): the adapter reports the same queue whenever asked.
     answers = iter([SQUEUE, SINFO, "", SQUEUE, SINFO, ""])
 
     class Queue(NoExecutor):
@@ -118,14 +114,16 @@ def test_the_grace_time_runs_on_the_controllers_clock(tmp_path: Path) -> None:
         ) -> Completed:
             return Completed(tuple(argv), 0, next(answers), "")
 
-    site = _site(tmp_path, Queue(), clock=lambda: now[0])
+    site = _site(tmp_path, Queue())
     site._config = _config(
         tmp_path,
         CONFIG.replace("partition: backfill\n", "partition: backfill\n    owner_grace_s: 5\n", 1),
     )
-    assert site.owner_queue() == OwnerQueue(pending_nodes=0, free_nodes=2, new_nodes=6)
-    now[0] += 5
-    assert site.owner_queue() == OwnerQueue(pending_nodes=3, free_nodes=2, new_nodes=3)
+    first = site.owner_queue()
+    assert first == OwnerQueue(
+        pending_nodes=3, free_nodes=2, new_nodes=3, waiting={"11": 1, "12": 2}
+    )
+    assert site.owner_queue() == first
 
 
 def test_an_empty_queue_waits_for_nothing() -> None:
@@ -154,7 +152,6 @@ class NoExecutor:
 def _site(
     tmp_path: Path,
     executor: NoExecutor | None = None,
-    clock: Callable[[], float] = lambda: 0.0,
 ) -> SlurmBackfillSite:
     token = tmp_path / "worker.token"
     token.write_text("SECRET-TOKEN-TEXT")
@@ -162,7 +159,6 @@ def _site(
         "maxwell",
         _config(tmp_path),
         executor=executor or NoExecutor(),
-        clock=clock,
         owner="tide-lab",
         pool=PoolEndpoint("127.0.0.1:29618", "lab.tide"),
         worker_token_file=token,

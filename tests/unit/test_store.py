@@ -241,3 +241,16 @@ def test_resource_ids() -> None:
     assert len(token) == 8
     assert new_resource_id("local", token) == f"tide-local-{token}"
     assert random_suffix() != random_suffix()
+
+
+def test_owner_jobs_keep_when_they_were_first_seen_waiting_across_a_restart(path: Path) -> None:
+    with Store.open(path) as first:
+        assert first.saw_owner_jobs("hpc", {"11", "12"}, 100.0) == {"11": 100.0, "12": 100.0}
+        assert first.saw_owner_jobs("hpc", {"12", "13"}, 105.0) == {"12": 100.0, "13": 105.0}
+        first.saw_owner_jobs("other", {"12"}, 50.0)
+    with Store.open(path) as second:  # a restarted daemon times job 12 from 100, not anew
+        assert second.owner_jobs_seen("hpc") == {"12": 100.0, "13": 105.0}
+        assert second.saw_owner_jobs("hpc", set(), 110.0) == {}
+        assert second.owner_jobs_seen("other") == {"12": 50.0}
+        second.forget_site("other")
+        assert second.owner_jobs_seen("other") == {}

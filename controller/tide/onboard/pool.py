@@ -2,7 +2,7 @@
 is the collector reachable, does the pool accept the token (it may read
 and advertise a startd - what the worker will do), is the slot there,
 has it gone. htcondor2 is configured for exactly that token
-(tide.assemble.configure_htcondor_token) before it is imported.
+(tide.htcondor.client.configure_token) before it is imported.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from tide.assemble import configure_htcondor_token, remove_htcondor_config
+from tide.htcondor.client import configure_token, unconfigure
 from tide.onboard.settings import Settings
 
 
@@ -37,13 +37,13 @@ def reachable(host: str, port: int, timeout_s: float = 5.0) -> str | None:
 def pool_client(s: Settings, token: str | None = None) -> Iterator[Any]:
     """htcondor2, speaking to the pool's collector with the worker token
     (or with `token`)."""
-    folder = configure_htcondor_token(s.collector, token or s.token)
+    folder = configure_token(s.collector, token or s.token)
     try:
         import htcondor2  # noqa: PLC0415  (after its configuration)
 
         yield htcondor2
     finally:
-        remove_htcondor_config(folder)
+        unconfigure(folder)
 
 
 def check_token(s: Settings) -> None:

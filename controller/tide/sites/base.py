@@ -3,6 +3,11 @@
 A site adapter does three things, each one call to the site's API and none
 of them waiting for the resource to change state: the controller's loop
 observes progress (list_owned, and the pool's collector) on its next pass.
+A kind may do more, declared on the same interface as its `capabilities`:
+DRAIN (it tells its workers' startds to drain, through its own channel to
+them) and OWNERS (it is lent by owners who take it back: the controller
+reads their queue, and a destroy is an evacuation that ends when the site no
+longer lists the resource). Each kind is one package (tide.sites.kinds).
 
 Ownership: every resource an adapter makes carries the tags (server metadata,
 container labels) `tide-owner=<owner>`, `tide-site=<site>` and
@@ -23,12 +28,13 @@ ValueError escaping into the loop.
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from enum import StrEnum
 
 from tide.model import Shape
 
@@ -39,7 +45,7 @@ RESOURCE_ID_TAG = "tide-resource-id"
 _CLASSAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Attributes a worker advertises by itself, from its settings (TIDE_SITE_NAME,
 # TIDE_RESOURCE_ID, the shape) or as Tide's site name; the machine prototype
-# (tide.demand.prototype) overrides site attributes of these names the same way.
+# (tide.htcondor.demand.prototype) overrides site attributes of these names the same way.
 _OWN_ATTRIBUTES = frozenset(
     name.lower()
     for name in (
@@ -111,6 +117,8 @@ class OwnerQueue:
     pending_nodes: int  # nodes their waiting jobs want
     free_nodes: int  # nodes idle or being given back that those jobs may use
     new_nodes: int = 0  # nodes wanted by jobs the scheduler has not looked at yet
+    waiting: Mapping[str, int] = field(default_factory=dict)  # the jobs behind pending_nodes,
+    # by the scheduler's job id: nodes each wants (for the owners' grace time, tide.policy)
 
 
 @dataclass(frozen=True)
@@ -121,36 +129,63 @@ class PoolEndpoint:
     pool_domain: str  # the pool's domain (TIDE_POOL_DOMAIN)
 
 
-class SiteAdapter(Protocol):
-    """A site the controller scales. Implementations are used from one thread."""
+class Capability(StrEnum):
+    """What a site kind can do beyond create, list and destroy."""
+
+    DRAIN = "drain"
+    """drain_startd / cancel_startd_drain: it tells its workers' startds to drain."""
+    OWNERS = "owners"
+    """owner_queue: owners lend it and take it back; destroying is evacuating."""
+
+
+class Unsupported(SiteError):
+    """A call for a capability the site's kind does not have."""
+
+    def __init__(self, site: str, capability: Capability) -> None:
+        super().__init__(f"site {site}: its kind cannot {capability.value}", retryable=False)
+
+
+class SiteAdapter(abc.ABC):
+    """A site the controller scales; one per configured site. An adapter is
+    called from its site's lane only (one call at a time)."""
 
     name: str  # the site's name in the configuration
+    capabilities: frozenset[Capability] = frozenset()  # the kind's (its config model's)
 
+    @abc.abstractmethod
     def create(self, resource_id: str) -> Mapping[str, str]:
         """Start one resource whose worker advertises TideResourceId=resource_id,
         tagged as owned. Returns what to record to find it again (for example
         {"server_id": ...}). Does not wait for it to boot. Raises SiteError."""
-        ...
 
+    @abc.abstractmethod
     def list_owned(self) -> list[Owned]:
         """Every resource at this site tagged as this controller's, whatever its
         state, including ones the controller's records do not know. Raises SiteError."""
-        ...
 
+    @abc.abstractmethod
     def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
         """Destroy the resource (details as create returned them, possibly empty).
         Idempotent: a resource already gone is not an error. Raises SiteError."""
-        ...
 
+    # --- Capability.DRAIN ---------------------------------------------------
 
-@runtime_checkable
-class BackfillSite(Protocol):
-    """A site lent by owners who take it back (an HPC cluster): Tide watches
-    their queue and gives nodes back when they wait (tide.policy)."""
+    def drain_startd(self, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
+        """Start a graceful drain of the resource's startd; returns a request id.
+        `only_idle`: the startd itself refuses if it holds a claim (DrainRefused,
+        or later in its ads for a site that tells it asynchronously). Raises
+        SiteError."""
+        raise Unsupported(self.name, Capability.DRAIN)
+
+    def cancel_startd_drain(self, resource_id: str, request_id: str) -> None:
+        """Cancel a drain started by drain_startd. Raises SiteError."""
+        raise Unsupported(self.name, Capability.DRAIN)
+
+    # --- Capability.OWNERS --------------------------------------------------
 
     def owner_queue(self) -> OwnerQueue:
         """The owners' waiting jobs and the nodes free for them. Raises SiteError."""
-        ...
+        raise Unsupported(self.name, Capability.OWNERS)
 
 
 def worker_site_name(site: str, attributes: Mapping[str, object]) -> str:
@@ -240,7 +275,7 @@ __all__ = [
     "OWNER_TAG",
     "RESOURCE_ID_TAG",
     "SITE_TAG",
-    "BackfillSite",
+    "Capability",
     "DeadlineExceeded",
     "Owned",
     "OwnerQueue",
@@ -248,6 +283,7 @@ __all__ = [
     "QuotaExceeded",
     "SiteAdapter",
     "SiteError",
+    "Unsupported",
     "classad_literal",
     "worker_attributes",
     "worker_environment",

@@ -59,7 +59,6 @@ from keystoneauth1 import exceptions as ksa_exceptions
 from openstack import exceptions as os_exceptions
 from openstack.connection import Connection
 
-from tide.config import DockerSiteConfig, OpenStackSiteConfig
 from tide.model import Shape
 from tide.sites.base import (
     OWNER_TAG,
@@ -69,11 +68,14 @@ from tide.sites.base import (
     Owned,
     PoolEndpoint,
     QuotaExceeded,
+    SiteAdapter,
     SiteError,
     worker_attributes,
     worker_environment,
     worker_site_name,
 )
+from tide.sites.docker.config import DockerSiteConfig
+from tide.sites.openstack.config import OpenStackSiteConfig
 
 log = logging.getLogger(__name__)
 
@@ -133,13 +135,15 @@ def _status(exc: os_exceptions.HttpException) -> int | None:
     return None
 
 
-class OpenStackSite:
+class OpenStackSite(SiteAdapter):
     """A SiteAdapter booting Nova servers that join the pool as workers.
 
     `owner` names this controller instance (the tide-owner metadata); `pool` is
     where the workers register; `worker_token` is the text of the site's worker
     IDTOKEN (the caller reads it from its 0600 file). Raises SiteError
     (not retryable) for a bad user data template or site attribute."""
+
+    capabilities = OpenStackSiteConfig.capabilities
 
     def __init__(
         self,
@@ -251,7 +255,7 @@ class OpenStackSite:
             with self._calling(f"deleting server {resource_id}"):
                 self._conn.compute.delete_server(sid, ignore_missing=True)
 
-    # --- drain (tide.startds.DrainingSite) ------------------------------------
+    # --- drain (Capability.DRAIN) ------------------------------------
 
     def drain_startd(self, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
         """Ask the server's startd to drain (gracefully; `only_idle`: only if
@@ -353,7 +357,7 @@ class OpenStackSite:
         try:
             if path is None:
                 source = (
-                    resources.files("tide.sites")
+                    resources.files("tide.sites.openstack")
                     .joinpath("templates")
                     .joinpath(BUILTIN_TEMPLATE)
                     .read_text(encoding="utf-8")

@@ -48,10 +48,11 @@ once, and GraceTime lets it vacate: Slurm's own preemption is a second,
 independent line.
 
 Owners: `owner_queue` counts the nodes the owners' pending jobs want (in
-`owner_partitions`, filtered by QOS and account; jobs waiting for less
-than `owner_grace_s` only block boots, so a cluster that preempts for its
-owners itself gets the first chance) and the nodes free for them, for
-tide.policy: idle ones, completing ones (a pilot just
+`owner_partitions`, filtered by QOS and account), naming each waiting job
+so that tide.policy can time its `owner_grace_s` from when the controller
+first saw it (persisted; jobs within it only block boots, so a cluster that
+preempts for its owners itself gets the first chance), and the nodes free
+for them: idle ones, completing ones (a pilot just
 cancelled), and those of jobs in the pilots' partition with at most
 ENDING_S left - which is how a job Slurm is preempting for the owners
 looks during its GraceTime, so Tide does not give back a second node for
@@ -62,16 +63,14 @@ from __future__ import annotations
 
 import logging
 import shlex
-import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 import jinja2
 
-from tide.config import SlurmBackfillSiteConfig
 from tide.executors import CommandTimedOut, Completed, Executor, ExecutorError
 from tide.model import Shape
 from tide.sites.base import (
@@ -81,12 +80,14 @@ from tide.sites.base import (
     Owned,
     OwnerQueue,
     PoolEndpoint,
+    SiteAdapter,
     SiteError,
     classad_literal,
     worker_attributes,
     worker_environment,
     worker_site_name,
 )
+from tide.sites.slurm.config import SlurmBackfillSiteConfig
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,10 @@ _LINE_SHOWN = 120  # of a malformed output line, in an error message
 _GONE_JOB = ("Invalid job id", "already completing or completed", "Job has already finished")
 
 
-class SlurmBackfillSite:
-    """A SiteAdapter (and BackfillSite, DrainingSite) running pilots in a Slurm cluster."""
+class SlurmBackfillSite(SiteAdapter):
+    """A SiteAdapter (draining, with owners) running pilots in a Slurm cluster."""
+
+    capabilities = SlurmBackfillSiteConfig.capabilities
 
     def __init__(
         self,
@@ -138,7 +141,6 @@ class SlurmBackfillSite:
         pool: PoolEndpoint,
         worker_token_file: Path,
         shape: Shape,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self._config = config
@@ -149,8 +151,6 @@ class SlurmBackfillSite:
         self._shape = shape
         self._tags = f"{OWNER_TAG}={owner} {SITE_TAG}={name}"
         self._work_dir: str | None = None  # absolute, on the cluster, once staged
-        self._clock = clock
-        self._first_seen: dict[str, float] = {}  # pending owner job id -> first seen
         try:
             self._attributes = worker_attributes(name, config.attributes)
         except ValueError as exc:
@@ -163,7 +163,8 @@ class SlurmBackfillSite:
             autoescape=False,  # noqa: S701  (a shell script, not HTML)
         )
         env.filters["shell_quote"] = shlex.quote
-        text = resources.files("tide.sites").joinpath("templates", _TEMPLATE).read_text("utf-8")
+        templates = resources.files("tide.sites.slurm").joinpath("templates")
+        text = templates.joinpath(_TEMPLATE).read_text("utf-8")
         self._template = env.from_string(text)
 
     # --- the SiteAdapter interface ---------------------------------------
@@ -244,7 +245,7 @@ class SlurmBackfillSite:
             "evacuating pilot",
         )
 
-    # --- the DrainingSite interface --------------------------------------
+    # --- Capability.DRAIN -------------------------------------------------
 
     def drain_startd(self, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
         # SIGURG: the pilot drains only if no slot holds a claim, checked by
@@ -258,7 +259,7 @@ class SlurmBackfillSite:
     def cancel_startd_drain(self, resource_id: str, request_id: str) -> None:
         self._signal(resource_id, "USR2", "cancelling the drain of")
 
-    # --- the BackfillSite interface --------------------------------------
+    # --- Capability.OWNERS ------------------------------------------------
 
     def owner_queue(self) -> OwnerQueue:
         cfg = self._config
@@ -286,25 +287,11 @@ class SlurmBackfillSite:
             "reading the backfill jobs' time left",
         )
         try:
-            jobs = _pending_jobs(pending.stdout)
-            queue = owner_queue_from(
-                pending.stdout,
-                nodes.stdout,
-                pilots_partition=cfg.partition,
-                young=self._young(job.job_id for job in jobs),
-            )
+            queue = owner_queue_from(pending.stdout, nodes.stdout, pilots_partition=cfg.partition)
             ending_soon = ending_nodes(ending.stdout)
         except ValueError as exc:
             raise SiteError(f"site {self.name}: {doing}: {exc}", retryable=True) from None
-        return OwnerQueue(queue.pending_nodes, queue.free_nodes + ending_soon, queue.new_nodes)
-
-    def _young(self, pending: Iterable[str]) -> frozenset[str]:
-        """Pending jobs (ids) first seen less than `owner_grace_s` ago (controller's clock)."""
-        now = self._clock()
-        ids = set(pending)
-        self._first_seen = {i: self._first_seen.get(i, now) for i in ids}
-        grace = self._config.owner_grace_s
-        return frozenset(i for i, seen in self._first_seen.items() if now - seen < grace)
+        return replace(queue, free_nodes=queue.free_nodes + ending_soon)
 
     # --- the pilot ---------------------------------------------------------
 
@@ -522,23 +509,23 @@ def _time_left_s(text: str) -> int | None:
     return seconds + int(days or 0) * 86400
 
 
-def owner_queue_from(
-    pending: str, nodes: str, *, pilots_partition: str, young: Collection[str] = ()
-) -> OwnerQueue:
+def owner_queue_from(pending: str, nodes: str, *, pilots_partition: str) -> OwnerQueue:
     """The owners' queue from `squeue --format=%i|%D|%r|%P` (pending jobs) and
     `sinfo --Node --format=%N|%T` output. Jobs in the pilots' own partition
     are not the owners'; jobs pending for a limit or a hold are not waiting
-    for nodes; jobs not yet looked at by the scheduler, and those in `young`
-    (within owner_grace_s), are new. A node listed in several partitions
-    counts once. Raises ValueError naming a malformed line of either output."""
-    wanted = new = 0
+    for nodes; jobs not yet looked at by the scheduler are new. The waiting
+    jobs are named (their grace time is the policy's, tide.policy). A node
+    listed in several partitions counts once. Raises ValueError naming a
+    malformed line of either output."""
+    new = 0
+    waiting: dict[str, int] = {}
     for job in _pending_jobs(pending):
         if pilots_partition in job.partitions:
             continue
-        if job.reason == NEW_REASON or (job.reason in WAITING_REASONS and job.job_id in young):
+        if job.reason == NEW_REASON:
             new += job.nodes
         elif job.reason in WAITING_REASONS:
-            wanted += job.nodes
+            waiting[job.job_id] = waiting.get(job.job_id, 0) + job.nodes
     free: set[str] = set()
     for number, line in _lines(nodes):
         fields = line.split("|")
@@ -547,7 +534,9 @@ def owner_queue_from(
         node, state = fields
         if state.rstrip("*~#!%$@^-+").lower() in FREE_NODE_STATES:
             free.add(node)
-    return OwnerQueue(pending_nodes=wanted, free_nodes=len(free), new_nodes=new)
+    return OwnerQueue(
+        pending_nodes=sum(waiting.values()), free_nodes=len(free), new_nodes=new, waiting=waiting
+    )
 
 
 __all__ = ["DRAIN_REQUEST", "JOB_ID", "SlurmBackfillSite", "ending_nodes", "owner_queue_from"]

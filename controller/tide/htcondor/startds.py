@@ -19,9 +19,9 @@ the collector while their jobs run.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
-from tide.sites.base import SiteError
+from tide.sites.base import Capability, SiteAdapter, SiteError
 
 
 class Startds(Protocol):
@@ -40,26 +40,14 @@ class Startds(Protocol):
         ...
 
 
-@runtime_checkable
-class DrainingSite(Protocol):
-    """A site adapter that can drain its workers' startds itself."""
-
-    def drain_startd(self, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
-        """Start a graceful drain; returns a request id. Raises SiteError
-        (DrainRefused: `only_idle` and the startd holds a claim)."""
-        ...
-
-    def cancel_startd_drain(self, resource_id: str, request_id: str) -> None:
-        """Cancel the drain. Raises SiteError."""
-        ...
-
-
 class SiteStartds:
-    """Startds drained by their sites' adapters, where the adapter can."""
+    """Startds drained by their sites' adapters, where the kind can (Capability.DRAIN)."""
 
-    def __init__(self, adapters: Mapping[str, object]) -> None:
+    def __init__(self, adapters: Mapping[str, SiteAdapter]) -> None:
         self._sites = {
-            name: adapter for name, adapter in adapters.items() if isinstance(adapter, DrainingSite)
+            name: adapter
+            for name, adapter in adapters.items()
+            if Capability.DRAIN in adapter.capabilities
         }
 
     def drain(self, site: str, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
@@ -68,7 +56,7 @@ class SiteStartds:
     def cancel_drain(self, site: str, resource_id: str, request_id: str) -> None:
         self._site(site).cancel_startd_drain(resource_id, request_id)
 
-    def _site(self, site: str) -> DrainingSite:
+    def _site(self, site: str) -> SiteAdapter:
         adapter = self._sites.get(site)
         if adapter is None:
             raise SiteError(f"site {site}: its adapter cannot drain a startd", retryable=False)

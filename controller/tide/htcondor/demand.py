@@ -34,7 +34,7 @@ import htcondor2
 
 from tide.model import Demand, Shape
 
-log = logging.getLogger("tide.demand")
+log = logging.getLogger("tide.htcondor.demand")
 
 AttributeValue = str | int | float | bool
 

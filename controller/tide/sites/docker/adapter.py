@@ -55,7 +55,6 @@ import requests
 from docker.models.containers import Container
 from docker.types import Mount
 
-from tide.config import DockerSiteConfig
 from tide.model import Shape
 from tide.sites.base import (
     OWNER_TAG,
@@ -66,11 +65,13 @@ from tide.sites.base import (
     Owned,
     PoolEndpoint,
     QuotaExceeded,
+    SiteAdapter,
     SiteError,
     worker_attributes,
     worker_environment,
     worker_site_name,
 )
+from tide.sites.docker.config import DockerSiteConfig
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ _RETRYABLE_STATUS = frozenset({408, 409, 429})
 _MESSAGE_MAX = 500
 
 
-class DockerSite:
+class DockerSite(SiteAdapter):
     """A SiteAdapter running worker containers on a Docker engine.
 
     `owner` names this controller instance (the tide-owner label); `pool` is
@@ -116,6 +117,8 @@ class DockerSite:
     IDTOKEN file, mounted into every worker; `shape` defaults to the
     configured one. Raises SiteError (not retryable) for a missing token file
     or a bad site attribute."""
+
+    capabilities = DockerSiteConfig.capabilities
 
     def __init__(
         self,
@@ -275,7 +278,7 @@ class DockerSite:
                 raise
         log.info("site %s: container %s removed", self.name, resource_id)
 
-    # --- drain (tide.startds.DrainingSite) ------------------------------------
+    # --- drain (Capability.DRAIN) ------------------------------------
 
     def drain_startd(self, resource_id: str, reason: str, *, only_idle: bool = False) -> str:
         """`condor_drain -graceful` run as root inside the worker container

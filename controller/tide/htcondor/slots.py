@@ -1,9 +1,9 @@
 """What the pool's collector says about Tide's startds, and taking a gone
 machine's ads out of it: the slot half of the controller's HTCondor
-adapter (the demand half is tide.demand).
+adapter (the demand half is tide.htcondor.demand).
 
 htcondor2 is imported lazily, so the daemon can point CONDOR_CONFIG at its
-own configuration first (tide.assemble.configure_htcondor).
+own configuration first (tide.htcondor.client.configure).
 """
 
 from __future__ import annotations

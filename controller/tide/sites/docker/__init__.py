@@ -1,0 +1,1 @@
+"""The docker site kind: `config` (its configuration model) and `adapter`."""

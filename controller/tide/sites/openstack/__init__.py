@@ -1,0 +1,1 @@
+"""The openstack site kind: `config` (its configuration model) and `adapter`."""

@@ -1,0 +1,1 @@
+"""The slurm site kind: `config` (its configuration model) and `adapter`."""
