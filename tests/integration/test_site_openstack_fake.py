@@ -302,6 +302,72 @@ def test_an_operator_drain_lets_a_busy_servers_job_finish(
     assert not cloud.unhandled(), [(r.method, r.path) for r in cloud.unhandled()]
 
 
+HUNG_DELETE_S = 90.0  # longer than the SDK's API_TIMEOUT_S (30 s): the daemon gives up first
+
+
+def test_a_server_given_up_while_it_boots_takes_no_job_however_late_its_delete(
+    tmp_path: Path, cloud: FakeOpenStack
+) -> None:
+    """Issue 11 (the simulator's find): a boot no longer needed is told to
+    drain if idle (its metadata) before its delete, and its startd takes no
+    job before its drain watch has read that (START waits for
+    TideDrainChecked). So when the delete hangs past the daemon's deadline
+    and lands late, the server that came up meanwhile has run no job."""
+    owner = f"test-{uuid.uuid4().hex[:8]}"
+    limits = "{max_resources: 1, max_booting: 1, idle_timeout_s: 600, boot_timeout_s: 300}"
+    config = _config(tmp_path, cloud, owner, limits)
+    cloud.nova.hang_delete_s = HUNG_DELETE_S
+    daemon, log = _start(tmp_path, cloud, config)
+    first = second = ""
+    try:
+        first = _submit(1)
+        lab.wait_for("a server created", lambda: bool(cloud.recorded(CREATE)), 60, 0.5)
+        rid = _check_create_request(cloud.recorded(CREATE)[0], cloud, owner)
+        (server,) = [s for s in cloud.servers() if s.name == rid]
+        _remove_jobs(first)  # no longer needed while it boots
+        lab.wait_for(
+            "an idle drain asked of the boot",
+            lambda: any(v.endswith(" idle") for v in _drains_asked(cloud)),
+            30,
+            0.5,
+        )
+        second = _submit(1)  # a job it could run: it must not, it is being deleted
+
+        def ads() -> list[str]:
+            return _cm(
+                "condor_status",
+                "-const",
+                f'TideResourceId == "{rid}"',
+                "-af",
+                "State",
+                "TideDrainChecked",
+            )
+
+        lab.wait_for("the given-up server's startd to come up", lambda: bool(ads()), 80)
+        assert server.id not in cloud.nova.deleted  # still up: its delete hangs
+        lab.wait_for("it to say Drained", lambda: ads() == ["Drained", "true"], 30)
+        lab.wait_for("its late delete", lambda: server.id in cloud.nova.deleted, HUNG_DELETE_S + 30)
+
+        def job(*attrs: str) -> list[str]:
+            return _cm("condor_q", second, "-af", *attrs) or _cm(
+                "condor_history", second, "-af", *attrs
+            )
+
+        lab.wait_for(
+            "the job to run on a server of its own", lambda: job("JobStatus") == ["4"], 240
+        )
+        host, starts = job("LastRemoteHost", "NumJobStarts")
+        assert not host.endswith(f"@{rid}"), host
+        assert starts == "1"  # never started on the given-up server, never restarted
+    finally:
+        code = _stop(daemon, log)
+        for cluster in (first, second):
+            if cluster:
+                _remove_jobs(cluster)
+    assert code == 0, (tmp_path / "tide.log").read_text()[-3000:]
+    assert not cloud.unhandled(), [(r.method, r.path) for r in cloud.unhandled()]
+
+
 def _drains_asked(cloud: FakeOpenStack) -> list[str]:
     """The tide-drain values the controller set on servers, in order."""
     return [r.body["metadata"]["tide-drain"] for r in cloud.recorded(METADATA)]
