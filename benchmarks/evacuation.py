@@ -21,6 +21,12 @@ One run measures, and writes to benchmarks/results/evacuation.json:
 - `owner_start_s_idle`: the same on the idle cluster, without backfill.
 - `grid_jobs_evicted` and `grid_jobs_lost`: grid jobs vacated for the
   owners, and those of them that did not complete in the end (must be 0).
+- `nodes_freed_beyond_need`: per backfill trial (both runs), the most nodes
+  left free (idle or completing: given back, used by no one) in the EXTRA_S
+  after the owner job started. One owner job needs one node: anything more
+  is an over-evacuation (issue 11, defect 4: Tide and the cluster's own
+  preemption giving back a node each, or a vacating pilot given twice).
+  Goal: 0 in every trial.
 
 The owner job's start is timed inside the cluster's container (sbatch,
 then squeue every 50 ms), so no docker exec round trip is in the figure.
@@ -59,6 +65,7 @@ MARK = "TideEvacuationBench"
 # always runs out its own timeout, and no server ever appears.
 HANG_S = 3600.0
 HUNG_WITHIN_S = 20.0  # a trial starts this soon after a create reached the cloud
+EXTRA_S = (2.0, 4.0, 6.0)  # after an owner start: when the free nodes are counted
 HUNG_SERVERS = (
     4  # creates in flight at once: the daemon's call to the cloud is nearly always waiting
 )
@@ -144,20 +151,44 @@ def _backfilled(site: str) -> None:
     )
 
 
-def _owner_trials(name: str, runs: int, ready: Callable[[], None]) -> list[float]:
-    """`runs` owner starts, each once `ready` returns."""
+def _free_nodes() -> int:
+    """Nodes of the cluster idle or completing: given back and used by no one."""
+    states = slurm_lab.node_states(slurm_lab.OWNER_PARTITION).values()
+    return sum(1 for state in states if state.rstrip("*~#!%$@^-+") in ("idle", "comp"))
+
+
+def _owner_trials(
+    name: str, runs: int, ready: Callable[[], None], extra: list[int] | None = None
+) -> list[float]:
+    """`runs` owner starts, each once `ready` returns; with `extra`, the
+    nodes freed beyond the one the owner job took, per trial."""
     figures: list[float] = []
     for i in range(runs):
         ready()
+        started = time.monotonic()
         job_id, seconds = owner_start()
         figures.append(seconds)
-        print(f"[bench] {name} run {i + 1}/{runs}: {seconds:.3f}", flush=True)
+        freed = ""
+        if extra is not None:
+            most = 0
+            for at in EXTRA_S:
+                time.sleep(max(0.0, started + seconds + at - time.monotonic()))
+                most = max(most, _free_nodes())
+            extra.append(most)
+            freed = f", {most} nodes freed beyond need"
+        print(f"[bench] {name} run {i + 1}/{runs}: {seconds:.3f}{freed}", flush=True)
         _owner_done(job_id)
     return figures
 
 
 def _with_hung_site(
-    tmp: Path, d: Daemon, cloud: FakeOpenStack, cloud_name: str, runs: int
+    tmp: Path,
+    d: Daemon,
+    cloud: FakeOpenStack,
+    cloud_name: str,
+    runs: int,
+    *,
+    extra: list[int],
 ) -> tuple[Daemon, list[float]]:
     """Restart the daemon (same state file, same pilots) with the hung cloud
     site beside the Slurm one; owner starts while a create hangs there."""
@@ -180,7 +211,7 @@ def _with_hung_site(
         )
 
     try:
-        return hung, _owner_trials("owner_start_s_with_hung_site", runs, ready)
+        return hung, _owner_trials("owner_start_s_with_hung_site", runs, ready, extra)
     except BaseException:
         hung.stop()
         raise
@@ -226,13 +257,14 @@ def measure(runs: int) -> dict[str, Any]:
         slurm_lab.slurm("scancel", "-u", user, user="root")
     d = Daemon(_config(tmp, owner, site), owner, site, tmp / "tide.log")
     d.start()
+    extra: list[int] = []
     cloud = FakeOpenStack(InertHypervisor())
     cloud.nova.hang_create_s = HANG_S
     cloud.start()
     try:
         cluster = _submit(site, GRID_JOB_S, GRID_JOBS, "request_disk = 10MB", f"+{MARK} = true")
-        backfill = _owner_trials("owner_start_s_backfill", runs, lambda: _backfilled(site))
-        d, hung = _with_hung_site(tmp, d, cloud, f"hung{tag}", runs)
+        backfill = _owner_trials("owner_start_s_backfill", runs, lambda: _backfilled(site), extra)
+        d, hung = _with_hung_site(tmp, d, cloud, f"hung{tag}", runs, extra=extra)
         # The grid jobs never started go (the hung site's too); the evicted
         # ones and those running must all complete.
         lab.in_container(
@@ -295,6 +327,14 @@ def measure(runs: int) -> dict[str, Any]:
         "owner_start_s_idle": idle_summary,
         "grid_jobs_evicted": {"value": len(evicted)},
         "grid_jobs_lost": {"value": len(lost), "goal": "0"},
+        "nodes_freed_beyond_need": {
+            "runs": extra,
+            "total": sum(extra),
+            "goal": "0 in every trial",
+            "goal_met": not any(extra),
+            "notes": f"free (idle or completing) nodes at {EXTRA_S} s after each owner job "
+            "started, most of the three; the backfill and hung-site trials",
+        },
     }
 
 
