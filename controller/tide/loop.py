@@ -199,9 +199,8 @@ class Controller:
             queue = self._answer(name, "owners", p)
             record = self._store.site(name)
             alive = sum(1 for r in found.resources if r.site == name and r.state in ALIVE)
-            jobs = {} if queue is None else queue.waiting
             if write and queue is not None:
-                seen = self._store.saw_owner_jobs(name, jobs, now)
+                seen = self._store.saw_owner_jobs(name, queue.waiting, now)
             else:
                 seen = self._store.owner_jobs_seen(name)
             owner_views[name] = owners(record, queue, alive, now, seen)

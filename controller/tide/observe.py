@@ -210,13 +210,12 @@ def owners(
             evacuate_nodes=evacuate,
         )
     waiting = queue.pending_nodes + queue.new_nodes > 0
+    seen = first_seen or {}
     return Owners(
         pending_nodes=queue.pending_nodes,
         new_nodes=queue.new_nodes,
         free_nodes=queue.free_nodes,
-        waiting={
-            job: (nodes, (first_seen or {}).get(job, now)) for job, nodes in queue.waiting.items()
-        },
+        waiting={job: (nodes, seen.get(job, now)) for job, nodes in queue.waiting.items()},
         last_waiting_at=now if waiting else record.owners_waiting_at,
         paused=record.paused,
         evacuate_nodes=evacuate,

@@ -571,14 +571,16 @@ class Store:
         job -> first seen."""
         seen = self.owner_jobs_seen(site)
         kept = {job: seen.get(job, now) for job in jobs}
-        with self._write() as conn:
-            for job in sorted(set(seen) - set(kept)):
-                conn.execute("DELETE FROM owner_jobs WHERE site = ? AND job = ?", (site, job))
-            for job in sorted(set(kept) - set(seen)):
-                conn.execute(
-                    "INSERT INTO owner_jobs (site, job, first_seen) VALUES (?, ?, ?)",
-                    (site, job, now),
-                )
+        gone, new = sorted(set(seen) - set(kept)), sorted(set(kept) - set(seen))
+        if gone or new:  # asked every cycle: no transaction (and fsync) when nothing changed
+            with self._write() as conn:
+                for job in gone:
+                    conn.execute("DELETE FROM owner_jobs WHERE site = ? AND job = ?", (site, job))
+                for job in new:
+                    conn.execute(
+                        "INSERT INTO owner_jobs (site, job, first_seen) VALUES (?, ?, ?)",
+                        (site, job, now),
+                    )
         return kept
 
     # --- schedds ----------------------------------------------------------

@@ -348,9 +348,6 @@ class SlurmSim(SimSite):
             f"{self.name}.destroy", lambda: self._vacate(resource_id, asked), site=self.name
         )
 
-    def _destroy(self, rid: str) -> None:
-        self._vacate(rid, asked=False)
-
     def _vacate(self, rid: str, asked: bool) -> None:
         w = self.world
         r = self.resources.get(rid)
