@@ -149,9 +149,9 @@ class JobResult:
     output: str
 
 
-def run_job(script: str, *, on: str, user: str = "physicist", timeout: float = 240) -> JobResult:
+def submit_job(script: str, *, on: str, user: str = "physicist") -> tuple[str, str]:
     """Submit a shell script as a job from the central manager's schedd, to
-    the worker whose TideResourceId is `on`, and wait until it completes."""
+    the worker whose TideResourceId is `on`; its cluster and submit folder."""
     body = script.replace("'", "'\\''")
     submit = (
         "set -e; d=$(mktemp -d ~/job.XXXXXX); cd $d; "
@@ -165,6 +165,17 @@ def run_job(script: str, *, on: str, user: str = "physicist", timeout: float = 2
         CM_HOST, CM_CONTAINER, "bash", "-c", submit, user=user
     ).stdout.split()
     assert cluster.isdigit(), cluster
+    return cluster, workdir
+
+
+def job_status(cluster: str) -> int | None:
+    """The job's JobStatus in the queue (2: running), None once it left it."""
+    out = in_container(CM_HOST, CM_CONTAINER, "condor_q", cluster, "-af", "JobStatus").stdout
+    return int(out.split()[0]) if out.split() else None
+
+
+def wait_job(cluster: str, workdir: str, *, on: str, timeout: float = 240) -> JobResult:
+    """Wait until a submitted job completes; what it printed."""
 
     def history() -> list[str]:
         return in_container(
@@ -175,6 +186,13 @@ def run_job(script: str, *, on: str, user: str = "physicist", timeout: float = 2
     exit_code, owner = history()
     output = in_container(CM_HOST, CM_CONTAINER, "cat", f"{workdir}/j.out").stdout
     return JobResult(cluster, exit_code, owner, output)
+
+
+def run_job(script: str, *, on: str, user: str = "physicist", timeout: float = 240) -> JobResult:
+    """Submit a shell script as a job from the central manager's schedd, to
+    the worker whose TideResourceId is `on`, and wait until it completes."""
+    cluster, workdir = submit_job(script, on=on, user=user)
+    return wait_job(cluster, workdir, on=on, timeout=timeout)
 
 
 COLLECTOR_WARMUP_S = 40

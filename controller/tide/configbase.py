@@ -184,9 +184,65 @@ class SiteSettings(Model):
         default_factory=LimitsConfig,
         description="How far and how fast to scale this site.",
     )
-    worker_token_file: FilePath = Field(
-        description="IDTOKEN handed to the site's workers to join the pool. Required; a path only."
+    worker_token_file: FilePath | None = Field(
+        default=None,
+        description="IDTOKEN handed to every worker of the site to join the pool (one token "
+        "shared by them all); a path only. Required, except at a kind that gives each worker "
+        "a token of its own (worker_signing_key_file instead).",
     )
+    worker_signing_key_file: FilePath | None = Field(
+        default=None,
+        description="The pool's workers' signing key (the central_manager role fetches it as "
+        "workers_signing_key, 0600): each worker gets a token of its own, minted by the "
+        "controller, naming it alone and expiring (worker_token_lifetime_s). Instead of "
+        "worker_token_file, at kinds that can hand it over (docker).",
+    )
+    worker_token_lifetime_s: int = Field(
+        default=86400,
+        ge=600,
+        le=34560000,
+        description="How long a worker's own token is valid; the controller gives a live worker "
+        "a new one when half of it has passed. A day by default: a token stolen from a "
+        "destroyed worker stops working within it.",
+    )
+    per_resource_tokens: ClassVar[bool] = False
+    """Whether the kind's adapter hands each worker a token of its own."""
+
+    @model_validator(mode="after")
+    def _worker_credential(self) -> Self:
+        token, key = self.worker_token_file, self.worker_signing_key_file
+        if key is not None and not self.per_resource_tokens:
+            raise PydanticCustomError(
+                "worker_credential",
+                "worker_signing_key_file: this kind cannot hand each worker a token of its "
+                "own yet; set worker_token_file (the pool's shared worker token)",
+                {},
+            )
+        if token is None and key is None:
+            raise PydanticCustomError(
+                "worker_credential",
+                "worker_token_file is required: the IDTOKEN the site's workers join the pool "
+                "with"
+                + (
+                    " (or worker_signing_key_file, to give each worker a token of its own)"
+                    if self.per_resource_tokens
+                    else ""
+                ),
+                {},
+            )
+        if token is not None and key is not None:
+            raise PydanticCustomError(
+                "worker_credential",
+                "set worker_token_file or worker_signing_key_file, not both",
+                {},
+            )
+        return self
+
+    def shared_token_file(self) -> Path:
+        """The shared worker token (kinds without per-resource tokens always have one)."""
+        if self.worker_token_file is None:  # the validator above makes this unreachable
+            raise ValueError("no worker_token_file")
+        return self.worker_token_file
 
     # What every kind declares (the one place each fact about a kind lives):
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
@@ -198,7 +254,7 @@ class SiteSettings(Model):
 
     def secret_files(self) -> list[Path]:
         """Every secret file this site's configuration names (each must be 0600)."""
-        return [self.worker_token_file]
+        return [f for f in (self.worker_token_file, self.worker_signing_key_file) if f is not None]
 
     def build(self, name: str, *, owner: str, pool: PoolEndpoint) -> SiteAdapter:
         """The site's adapter, its client library imported only now. Contacts

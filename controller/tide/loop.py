@@ -22,6 +22,7 @@ call returns, so one hung API delays no other site.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -294,8 +295,7 @@ class Controller:
         try:
             return pending.result()
         except Exception as exc:
-            event(log, f"{operation} failed", level=logging.WARNING, site=lane, error=str(exc))
-            self._count(lane, operation)
+            self._failed(lane, operation, exc)
             return None
 
     def _record(self, found: Evidence, now: float) -> set[str]:
@@ -388,6 +388,7 @@ class Controller:
         batches = self._actuator.batches(plan, site_of)
         pending = [self._runner.submit(site, batch) for site, batch in sorted(batches.items())]
         self._runner.wait(pending, self._act_budget_s)
+        self._renew_tokens(snapshot)
         for name, view in snapshot.owners.items():  # an operator's request is done once
             record = self._store.site(name)
             if view.evacuate_nodes and record.evacuate is not None:
@@ -400,12 +401,40 @@ class Controller:
             self._metrics.observe_resources(self._store.alive())
         return plan
 
+    def _renew_tokens(self, snapshot: Snapshot) -> None:
+        """Hand the workers whose own token is due a new one (sites whose
+        workers have such tokens): on the site's lane, after this cycle's
+        actions, not waited for. A renewal that fails is logged and due
+        again next cycle; a token lives twice as long as its renewal period."""
+        live: dict[str, list[str]] = {}
+        for r in snapshot.resources:
+            if r.state in _HOLDS_TOKEN:
+                live.setdefault(r.site, []).append(r.id)
+        for name, ids in sorted(live.items()):
+            if name not in self._sites or name in snapshot.busy or self._runner.busy(name):
+                continue
+            adapter = self._sites[name][1]
+            due = adapter.tokens_due(sorted(ids), snapshot.now)
+            if due:
+                self._runner.submit(name, functools.partial(self._renew, adapter, due))
+
+    def _renew(self, adapter: SiteAdapter, due: list[str]) -> None:
+        try:
+            adapter.renew_tokens(due)
+        except Exception as exc:
+            self._failed(adapter.name, "renew", exc)
+
+    def _failed(self, lane: str, operation: str, exc: Exception) -> None:
+        event(log, f"{operation} failed", level=logging.WARNING, site=lane, error=str(exc))
+        self._count(lane, operation)
+
     def _count(self, site: str, operation: str) -> None:
         if self._metrics is not None and site != POOL_LANE:
             self._metrics.count_failure(site, operation)
 
 
 _SETTLED = frozenset({State.RUNNING, State.DRAINING})
+_HOLDS_TOKEN = frozenset({State.BOOTING, State.RUNNING, State.DRAINING})
 
 
 def run_forever(controller: Controller, interval_s: float, stop: threading.Event) -> None:

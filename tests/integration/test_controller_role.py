@@ -28,6 +28,7 @@ CONFIG = f"{DIR}/tide.yml"
 TIDE = f"{DIR}/venv/bin/tide"
 SECRETS = f"{DIR}/secrets"
 TOKENS = [f"{SECRETS}/pool.token", f"{SECRETS}/worker.token"]
+WORKERS_KEY = f"{SECRETS}/workers_signing_key"
 OWNER: str = _LAB["controller_owner"]
 SITE = "lab-docker"
 IDLE_TIMEOUT_S = float(_LAB["controller_sites"][SITE]["limits"]["idle_timeout_s"])
@@ -104,6 +105,13 @@ def test_tokens_are_private_files_and_nowhere_else() -> None:
         assert token.count(".") == 2, f"{path} is not an IDTOKEN"
         # The whole token, and its signature: the part that makes it a secret.
         secrets += [token, token.rsplit(".", 1)[1]]
+    # The workers' signing key, with which the docker site mints each worker's own token.
+    assert lab.on_host(HOST, "stat", "-c", "%a %U %G", WORKERS_KEY).stdout.split() == [
+        "600",
+        "root",
+        "root",
+    ]
+    secrets.append(lab.on_host(HOST, "cat", WORKERS_KEY).stdout.strip())
     pid = _running_pid()
     assert pid is not None
     places = {
@@ -118,11 +126,12 @@ def test_tokens_are_private_files_and_nowhere_else() -> None:
     }
     for where, text in places.items():
         for secret in secrets:
-            assert secret not in text, f"a token appears in {where}"
+            assert secret not in text, f"a token or key appears in {where}"
     # The config names the installed files instead.
     config = yaml.safe_load(places["the config file"])
     assert config["pool"]["token_file"] == TOKENS[0]
-    assert config["sites"][SITE]["worker_token_file"] == TOKENS[1]
+    assert config["sites"][SITE]["worker_signing_key_file"] == WORKERS_KEY
+    assert "worker_token_file" not in config["sites"][SITE]
 
 
 def test_status_and_metrics_answer() -> None:

@@ -5,6 +5,7 @@ and the daemons are healthy."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 from tests import lab
@@ -39,8 +40,9 @@ def test_job_from_unprivileged_user_runs_to_completion() -> None:
     marker = uuid.uuid4().hex
     job = lab.run_job(f"echo {marker} on $(hostname) as $(id -un)", on=lab.WORKER_HOST)
     assert (job.exit_code, job.owner) == ("0", "physicist")
-    # The job ran on the worker, not on the central manager, as nobody.
-    assert job.output.strip() == f"{marker} on {lab.WORKER_HOST} as nobody"
+    # The job ran on the worker, not on the central manager, as the slot
+    # user of its dynamic slot (never its submitter, never a shared nobody).
+    assert re.fullmatch(rf"{marker} on {lab.WORKER_HOST} as slot1_\d+", job.output.strip())
 
 
 def test_secrets_are_files_of_mode_0600_never_environment() -> None:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import uuid4
 
 import docker
@@ -25,6 +26,7 @@ import pytest
 import requests
 
 from tide.config import DockerSiteConfig
+from tide.htcondor import tokens
 from tide.model import Shape
 from tide.sites.base import (
     OWNER_TAG,
@@ -88,22 +90,30 @@ def token_file(tmp_path: Path) -> Path:
 
 def _site(
     owner: str,
-    token_file: Path,
+    token_file: Path | None,
     *,
     name: str = "local",
     image: str = IMAGE,
     shape: Shape | None = None,
+    key: tokens.SigningKey | None = None,
+    lifetime_s: int = 3600,
 ) -> DockerSite:
+    """The site with the shared `token_file`, or minting each worker's own with `key`."""
+    credential: dict[str, object] = (
+        {"worker_token_file": str(token_file)}
+        if key is None
+        else {"worker_signing_key_file": str(key.path), "worker_token_lifetime_s": lifetime_s}
+    )
     config = DockerSiteConfig.model_validate(
         {
             "kind": "docker",
             "image": image,
             "shape": {"cpus": 1, "memory_mb": 512, "disk_mb": 1024},
-            "worker_token_file": str(token_file),
             "attributes": {"SiteName": "UNIT", "TideSiteKind": "docker", "Fast": True},
             "port_range_start": FIRST_PORT,
             "port_range_end": LAST_PORT,
             "bind_address": "127.0.0.1",
+            **credential,
         }
     )
     return DockerSite(
@@ -113,6 +123,8 @@ def _site(
         owner=owner,
         pool=POOL,
         worker_token_file=token_file,
+        signing_key=key,
+        token_lifetime_s=lifetime_s,
         shape=shape,
         stop_grace_s=GRACE_S,
     )
@@ -341,3 +353,91 @@ def test_a_missing_token_file_is_refused(tmp_path: Path, token_file: Path) -> No
     empty.touch()
     with pytest.raises(SiteError, match="not a non-empty file"):
         _site("nobody", empty)
+
+
+# --- each worker's own token -----------------------------------------------------
+
+
+@pytest.fixture
+def signing_key(tmp_path: Path) -> tokens.SigningKey:
+    path = tmp_path / "workers_signing_key"
+    path.write_bytes(os.urandom(48))
+    path.chmod(0o600)
+    return tokens.SigningKey.read(path, key_id=tokens.WORKERS_KEY_ID)
+
+
+def _keyed_site(owner: str, key: tokens.SigningKey, lifetime_s: int = 3600) -> DockerSite:
+    return _site(owner, None, key=key, lifetime_s=lifetime_s)
+
+
+def _token_in(container_id: str) -> tuple[str, str]:
+    """The worker's token file as the container has it: its mode and owner, and its text."""
+    container = CLIENT.containers.get(container_id)
+    code, out = container.exec_run(
+        ["sh", "-c", "stat -c '%a %U' /etc/condor/tokens.d/tide && cat /etc/condor/tokens.d/tide"],
+        user="root",
+    )
+    assert code == 0, out
+    mode_owner, token = cast(bytes, out).decode().split("\n", 1)
+    return mode_owner, token.strip()
+
+
+def test_each_worker_gets_a_token_of_its_own_and_no_mount(
+    owner: str, signing_key: tokens.SigningKey
+) -> None:
+    site = _keyed_site(owner, signing_key)
+    first, second = f"{owner}-t1", f"{owner}-t2"
+    made = {rid: site.create(rid) for rid in (first, second)}
+    seen: dict[str, str] = {}
+    for rid, details in made.items():
+        attrs = _inspect(details["container_id"])
+        assert TOKEN_PATH not in {m["Destination"] for m in attrs["Mounts"]}
+        mode_owner, token = _token_in(details["container_id"])
+        assert mode_owner == "600 root"
+        payload = tokens.verify(signing_key, token)
+        assert payload["sub"] == f"tide-worker-{rid}@{POOL.pool_domain}"
+        assert payload["scope"] == " ".join(tokens.WORKER_SCOPES)
+        assert payload["exp"] - payload["iat"] == 3600
+        assert token not in json.dumps(attrs)  # not in what the engine keeps
+        seen[rid] = token
+    assert seen[first] != seen[second]
+    # The entrypoint kept the handed-in token (no mounted one to install).
+    assert CLIENT.containers.get(made[first]["container_id"]).status in ("running", "restarting")
+
+
+def test_a_token_is_renewed_when_half_its_lifetime_has_passed(
+    owner: str, signing_key: tokens.SigningKey
+) -> None:
+    now = [1_000_000.0]
+    site = _keyed_site(owner, signing_key, lifetime_s=600)
+    site._clock = lambda: now[0]
+    rid = f"{owner}-renew"
+    details = site.create(rid)
+    _, before = _token_in(details["container_id"])
+    assert site.tokens_due([rid], now[0] + 299) == []
+    assert site.tokens_due([rid], now[0] + 300) == [rid]
+    assert site.tokens_due(["unknown-since-a-restart"], now[0]) == ["unknown-since-a-restart"]
+    now[0] += 300
+    site.renew_tokens([rid, f"{owner}-no-such-container"])
+    mode_owner, after = _token_in(details["container_id"])
+    assert mode_owner == "600 root"
+    assert after != before
+    assert tokens.verify(signing_key, after)["iat"] == 1_000_300
+    assert site.tokens_due([rid], now[0]) == []
+
+
+def test_an_unstarted_container_gets_its_token_before_it_starts(
+    owner: str, signing_key: tokens.SigningKey
+) -> None:
+    site = _keyed_site(owner, signing_key)
+    rid = f"{owner}-late"
+    # As if the engine made it and the create call was lost before the token and the start.
+    CLIENT.api.create_container(
+        IMAGE,
+        name=rid,
+        labels={OWNER_TAG: owner, SITE_TAG: "local", RESOURCE_ID_TAG: rid, PORT_LABEL: "29902"},
+        environment={"TIDE_CONDOR_ROLES": "execute"},
+    )
+    again = site.create(rid)
+    _, token = _token_in(again["container_id"])
+    assert tokens.verify(signing_key, token)["sub"] == f"tide-worker-{rid}@{POOL.pool_domain}"

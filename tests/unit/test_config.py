@@ -313,3 +313,54 @@ def test_the_documented_example_is_a_valid_configuration(tmp_path: Path) -> None
     example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
     config = load_config(_write(tmp_path, example))
     assert sorted(config.sites) == ["cloud", "fatnode", "maxwell"]
+
+
+def test_a_docker_site_may_mint_each_worker_a_token_instead(tmp_path: Path) -> None:
+    text = MINIMAL.replace("    worker_token_file: /w\n", "    worker_signing_key_file: /k\n")
+    config = load_config(_write(tmp_path, text))
+    site = config.sites["local"]
+    assert (site.worker_token_file, site.worker_signing_key_file) == (None, Path("/k"))
+    assert site.worker_token_lifetime_s == 86400
+    assert site.secret_files() == [Path("/k")]
+
+
+@pytest.mark.parametrize(
+    ("replacement", "named"),
+    [
+        ("", "worker_token_file is required: the IDTOKEN the site's workers join the pool with "
+         "(or worker_signing_key_file, to give each worker a token of its own)"),
+        ("    worker_token_file: /w\n    worker_signing_key_file: /k\n",
+         "set worker_token_file or worker_signing_key_file, not both"),
+        ("    worker_signing_key_file: /k\n    worker_token_lifetime_s: 60\n",
+         "worker_token_lifetime_s: Input should be greater than or equal to 600"),
+    ],
+)  # fmt: skip
+def test_a_docker_sites_worker_credential_is_one_of_two(
+    tmp_path: Path, replacement: str, named: str
+) -> None:
+    errors = _errors(tmp_path, MINIMAL.replace("    worker_token_file: /w\n", replacement))
+    assert any(named in e for e in errors), errors
+
+
+def test_a_kind_that_cannot_hand_over_a_token_refuses_a_signing_key(tmp_path: Path) -> None:
+    text = textwrap.dedent(
+        """\
+        pool:
+          collector: cm:9618
+          token_file: /t
+          domain: pool.example.org
+        sites:
+          cloud:
+            kind: openstack
+            shape: {cpus: 1, memory_mb: 1024, disk_mb: 1024}
+            worker_signing_key_file: /k
+            cloud: lab
+            image: tide-worker
+            flavor: m1.small
+            network: tide
+        """
+    )
+    errors = _errors(tmp_path, text)
+    assert any("this kind cannot hand each worker a token of its own yet" in e for e in errors), (
+        errors
+    )

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -463,6 +463,42 @@ def test_slots_from_ads_counts_claimed_dynamic_slots() -> None:
     assert slots_from_ads(ads) == {"r1": SlotState(True, 2), "r2": SlotState(True, 0)}
 
 
+def _pslot(rid: str, state: str, children: list[tuple[str, str]]) -> dict[str, object]:
+    return {
+        "TideResourceId": rid,
+        "SlotType": "Partitionable",
+        "State": state,
+        "PslotRollupInformation": True,
+        "ChildState": [s for s, _ in children],
+        "ChildActivity": [a for _, a in children],
+    }
+
+
+def test_a_busy_machine_whose_dynamic_slot_ads_vanished_stays_busy() -> None:
+    """Someone invalidated the dynamic slots' ads (or an update was lost):
+    the partitionable slot's own roll-up still says a job runs there."""
+    ads = [_pslot("r1", "Unclaimed", [("Claimed", "Busy"), ("Claimed", "Idle")])]
+    assert slots_from_ads(ads) == {"r1": SlotState(True, 1)}
+
+
+def test_a_drain_is_not_over_while_the_partitionable_slot_has_a_child() -> None:
+    """Every ad left says Drained, but the partitionable slot still holds a
+    retiring job: draining, not drained (giving it back would kill the job)."""
+    ads = [_pslot("r1", "Drained", [("Claimed", "Retiring")])]
+    assert slots_from_ads(ads) == {"r1": SlotState(True, 1, drained=False, draining=True)}
+    ads = [_pslot("r1", "Drained", [])]
+    assert slots_from_ads(ads) == {"r1": SlotState(True, 0, drained=True, draining=True)}
+
+
+def test_the_larger_of_the_two_claimed_counts_holds() -> None:
+    ads = [
+        _pslot("r1", "Unclaimed", [("Claimed", "Busy")]),  # an update behind its children
+        {"TideResourceId": "r1", "SlotType": "Dynamic", "State": "Claimed", "Activity": "Busy"},
+        {"TideResourceId": "r1", "SlotType": "Dynamic", "State": "Claimed", "Activity": "Busy"},
+    ]
+    assert slots_from_ads(ads) == {"r1": SlotState(True, 2)}
+
+
 def test_run_forever_survives_a_failing_cycle(store: Store) -> None:
     w = World(store)
     stop = threading.Event()
@@ -898,3 +934,50 @@ def test_a_pilot_told_to_go_that_runs_jobs_later_is_drained_not_vacated(store: S
     w.controller.cycle()
     assert w.states()[rid] is State.DRAINING
     assert site.destroyed == [rid]
+
+
+class _TokenSite(FakeSite):
+    """A FakeSite whose workers have tokens of their own, renewed when asked."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.issued: dict[str, float] = {}
+        self.renewed: list[list[str]] = []
+        self.fail_renew: Exception | None = None
+        self.now = 0.0
+
+    def tokens_due(self, resource_ids: Sequence[str], now: float) -> list[str]:
+        self.now = now
+        return [r for r in resource_ids if now - self.issued.get(r, float("-inf")) >= 50]
+
+    def renew_tokens(self, resource_ids: Sequence[str]) -> None:
+        self.renewed.append(list(resource_ids))
+        if self.fail_renew is not None:
+            raise self.fail_renew
+        for r in resource_ids:
+            self.issued[r] = self.now
+
+
+def test_live_workers_tokens_are_renewed_when_due_and_a_failure_is_asked_again(
+    store: Store,
+) -> None:
+    w, rid = running_world(store)
+    site = _TokenSite("a")
+    site.owned = w.sites["a"].owned
+    w.controller._sites["a"] = (w.controller._sites["a"][0], site)
+    w.slots.slots[rid] = SlotState(True, 1)  # busy: no decision touches it
+    site.fail_renew = SiteError("engine away", retryable=True)
+    w.clock.now += 1
+    w.controller.cycle()
+    assert site.renewed == [[rid]]
+    assert w.metrics.site_failures.labels(site="a", operation="renew")._value.get() == 1
+    site.fail_renew = None
+    w.clock.now += 1
+    w.controller.cycle()  # due still: asked again
+    assert site.renewed == [[rid], [rid]]
+    w.clock.now += 10
+    w.controller.cycle()  # renewed 10 s ago: not due
+    assert len(site.renewed) == 2
+    w.clock.now += 50
+    w.controller.cycle()
+    assert site.renewed[-1] == [rid]

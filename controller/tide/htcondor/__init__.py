@@ -7,7 +7,9 @@
 - `slots`: the collector's slot ads of Tide's workers, and withdrawing the
   ads of a destroyed one;
 - `startds`: telling a worker's startd to drain (through its own site's
-  channel: execute nodes trust no remote token, see that module).
+  channel: execute nodes trust no remote token, see that module);
+- `tokens`: minting each worker's own IDTOKEN from the workers' signing
+  key (pure: no binding).
 
 The bindings (htcondor2, classad2) are imported by these modules only, and
 lazily where the daemon may still have to configure them; the loop, the

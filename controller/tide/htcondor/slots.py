@@ -14,7 +14,15 @@ from typing import Any, Protocol
 
 RESOURCE_ID_ATTR = "TideResourceId"
 SLOT_CONSTRAINT = f"{RESOURCE_ID_ATTR} =!= undefined"
-SLOT_PROJECTION = [RESOURCE_ID_ATTR, "SlotType", "State", "Activity"]
+SLOT_PROJECTION = [
+    RESOURCE_ID_ATTR,
+    "SlotType",
+    "State",
+    "Activity",
+    "PslotRollupInformation",
+    "ChildState",
+    "ChildActivity",
+]
 
 
 @dataclass(frozen=True)
@@ -48,15 +56,23 @@ class CollectorAge(Protocol):
 
 
 def slots_from_ads(ads: Any) -> dict[str, SlotState]:
-    """Startd ads (anything with .get) -> SlotState per TideResourceId: a resource
-    is advertised if any ad names it; its claimed slots are its ads in State
-    "Claimed" with an Activity other than "Idle" (the dynamic slots running
+    """Startd ads (anything with .get) -> SlotState per TideResourceId.
+
+    A resource is advertised if any ad names it. Its claimed slots are the
+    slots in State "Claimed" with an Activity other than "Idle" (running
     jobs: a claim left idle, e.g. one its schedd could not release while the
-    collector was away, runs nothing); it is drained when every ad is in
-    State "Drained" (the startd finished a drain: no job left), and draining
-    when any ad is Drained or Retiring (a drain under way). An ad that is not
-    a ClassAd-like mapping, or names no resource, is skipped."""
-    out: dict[str, SlotState] = {}
+    collector was away, runs nothing), counted twice over: from its dynamic
+    slots' own ads, and from its partitionable slot's roll-up of its children
+    (ChildState/ChildActivity, which the startd sends in the partitionable
+    slot's own ad); the larger count holds. So a dynamic slot's ad that went
+    missing (an invalidation, a lost update) never makes a busy machine look
+    idle while its partitionable slot's ad still says the job runs.
+
+    It is drained when every ad is in State "Drained" and no partitionable
+    slot still has a child (the startd finished a drain: no job left), and
+    draining when any ad or child is Drained or Retiring (a drain under way).
+    An ad that is not a ClassAd-like mapping, or names no resource, is skipped."""
+    tallies: dict[str, _Tally] = {}
     for ad in ads:
         get = getattr(ad, "get", None)
         if get is None:
@@ -64,17 +80,46 @@ def slots_from_ads(ads: Any) -> dict[str, SlotState]:
         rid = get(RESOURCE_ID_ATTR)
         if not isinstance(rid, str) or not rid:
             continue
+        t = tallies.setdefault(rid, _Tally())
         state, activity = get("State"), get("Activity")
-        claimed = 1 if state == "Claimed" and activity != "Idle" else 0
-        drained = state == "Drained"
-        draining = drained or activity == "Retiring"
-        old = out.get(rid)
-        if old is not None:
-            claimed += old.claimed_slots
-            drained = drained and old.drained
-            draining = draining or old.draining
-        out[rid] = SlotState(True, claimed, drained, draining)
-    return out
+        if get("SlotType") == "Partitionable" and get("PslotRollupInformation") is True:
+            children = list(
+                zip(_strings(get("ChildState")), _strings(get("ChildActivity")), strict=False)
+            )
+            t.rollup_claimed += sum(1 for cs, ca in children if cs == "Claimed" and ca != "Idle")
+            t.children += len(children)
+            t.draining = t.draining or any(
+                cs == "Drained" or ca == "Retiring" for cs, ca in children
+            )
+        else:
+            t.claimed += 1 if state == "Claimed" and activity != "Idle" else 0
+        t.drained = t.drained and state == "Drained"
+        t.draining = t.draining or state == "Drained" or activity == "Retiring"
+    return {
+        rid: SlotState(
+            True,
+            max(t.claimed, t.rollup_claimed),
+            t.drained and t.children == 0,
+            t.draining,
+        )
+        for rid, t in tallies.items()
+    }
+
+
+@dataclass
+class _Tally:
+    claimed: int = 0  # from dynamic (and static) slots' own ads
+    rollup_claimed: int = 0  # from partitionable slots' roll-up of their children
+    children: int = 0  # dynamic slots the partitionable slots say they have
+    drained: bool = True
+    draining: bool = False
+
+
+def _strings(value: Any) -> list[str]:
+    """A ClassAd list attribute as strings ([] if it is missing or not a list)."""
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        return []
+    return [v if isinstance(v, str) else "" for v in value]
 
 
 class CollectorSlots:

@@ -32,7 +32,7 @@ import abc
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -180,6 +180,21 @@ class SiteAdapter(abc.ABC):
     def cancel_startd_drain(self, resource_id: str, request_id: str) -> None:
         """Cancel a drain started by drain_startd. Raises SiteError."""
         raise Unsupported(self.name, Capability.DRAIN)
+
+    # --- workers' own tokens (kinds with per_resource_tokens) ----------------
+
+    def tokens_due(self, resource_ids: Sequence[str], now: float) -> list[str]:
+        """Of these live resources, those whose own token should be renewed
+        now (half its lifetime passed, or unknown since the controller
+        started). No I/O: the loop asks every cycle. None at a site whose
+        workers share one token."""
+        return []
+
+    def renew_tokens(self, resource_ids: Sequence[str]) -> None:
+        """Hand each of these resources a new token of its own. Raises SiteError."""
+        raise SiteError(
+            f"site {self.name}: its workers have no tokens of their own", retryable=False
+        )
 
     # --- Capability.OWNERS --------------------------------------------------
 

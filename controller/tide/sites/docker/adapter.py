@@ -18,9 +18,17 @@ Deadlines: every call to the engine has the client's timeout
 An answer that is not what the engine's API promises (a listing without
 ids, labels that are not strings) is a retryable SiteError naming the call.
 
-The token is mounted from its file and never read here: it is in no
-environment variable, command line, label, log or error message. The
-engine's host must see the file at the same path (a local engine does).
+Tokens. With `worker_signing_key_file` each worker gets a token of its
+own (tide.htcondor.tokens: identity tide-worker-<resource>, the worker's
+scopes, `worker_token_lifetime_s`), copied into the created container's
+/etc/condor/tokens.d/tide (root, 0600) through the engine's archive API
+before it starts, and renewed the same way once half its lifetime has
+passed (tokens_due / renew_tokens, which the loop calls): no bind mount,
+nothing on the host's disk. Otherwise the site's shared worker token is
+mounted read-only from its file and never read here. Either way a token is
+in no environment variable, command line, label, log or error message
+(`docker inspect` shows none); the engine's host must see a mounted file
+at the same path (a local engine does).
 
 On host networking (the default) every worker needs its own HTCondor shared
 port: create() takes the lowest port of the site's range that no Tide worker
@@ -41,8 +49,11 @@ plus three API timeouts (inspect, stop, remove).
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Callable, Iterator, Mapping
+import tarfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +66,7 @@ import requests
 from docker.models.containers import Container
 from docker.types import Mount
 
+from tide.htcondor import tokens
 from tide.model import Shape
 from tide.sites.base import (
     OWNER_TAG,
@@ -78,7 +90,10 @@ log = logging.getLogger(__name__)
 IDLE_CHECK = 'State =!= "Claimed"'
 """condor_drain -check: every slot unclaimed (no job running or starting)."""
 TOKEN_PATH = "/run/secrets/token"  # noqa: S105  (a path, not a secret)
-"""Where the worker image reads its IDTOKEN (images/condor/README.md)."""
+"""Where the worker image reads a mounted IDTOKEN (images/condor/README.md)."""
+TOKEN_DIR = "/etc/condor/tokens.d"  # noqa: S105  (a path, not a secret)
+TOKEN_NAME = "tide"  # noqa: S105  (a file name, not a secret)
+"""Where a worker's own token is put: the file the image installs a mounted one as."""
 
 EXECUTE_DIR = "/var/lib/condor/execute"
 """Job sandboxes: an anonymous volume per worker, removed with it."""
@@ -114,9 +129,10 @@ class DockerSite(SiteAdapter):
 
     `owner` names this controller instance (the tide-owner label); `pool` is
     where the workers register; `worker_token_file` is the site's worker
-    IDTOKEN file, mounted into every worker; `shape` defaults to the
-    configured one. Raises SiteError (not retryable) for a missing token file
-    or a bad site attribute."""
+    IDTOKEN file, mounted into every worker, or `signing_key` mints each
+    worker a token of its own, valid `token_lifetime_s`; `shape` defaults to
+    the configured one. Raises SiteError (not retryable) for a missing token
+    file or a bad site attribute."""
 
     capabilities = DockerSiteConfig.capabilities
 
@@ -128,9 +144,12 @@ class DockerSite(SiteAdapter):
         client: docker.DockerClient | ClientFactory,
         owner: str,
         pool: PoolEndpoint,
-        worker_token_file: Path,
+        worker_token_file: Path | None = None,
+        signing_key: tokens.SigningKey | None = None,
+        token_lifetime_s: int = 86400,
         shape: Shape | None = None,
         stop_grace_s: int = STOP_GRACE_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not owner:
             raise ValueError("owner must name the controller instance")
@@ -147,20 +166,31 @@ class DockerSite(SiteAdapter):
         self._owner = owner
         self._pool = pool
         self._stop_grace_s = stop_grace_s
-        # The engine takes absolute paths only; the file itself is never read.
-        self._token_file = worker_token_file.absolute()
-        try:
-            st = self._token_file.stat()
-        except OSError as exc:
-            raise SiteError(
-                f"site {name}: the worker token file {self._token_file}: {exc.strerror}",
-                retryable=False,
-            ) from None
-        if not self._token_file.is_file() or st.st_size == 0:
-            raise SiteError(
-                f"site {name}: the worker token file {self._token_file} is not a non-empty file",
-                retryable=False,
-            )
+        self._signing_key = signing_key
+        self._token_lifetime_s = token_lifetime_s
+        self._clock = clock
+        self._token_issued: dict[str, float] = {}  # resource -> when its token was minted
+        self._token_file: Path | None = None
+        if signing_key is None:
+            if worker_token_file is None:
+                raise SiteError(
+                    f"site {name}: neither a worker token file nor a signing key", retryable=False
+                )
+            # The engine takes absolute paths only; the file itself is never read.
+            self._token_file = worker_token_file.absolute()
+            try:
+                st = self._token_file.stat()
+            except OSError as exc:
+                raise SiteError(
+                    f"site {name}: the worker token file {self._token_file}: {exc.strerror}",
+                    retryable=False,
+                ) from None
+            if not self._token_file.is_file() or st.st_size == 0:
+                raise SiteError(
+                    f"site {name}: the worker token file {self._token_file} is not a non-empty "
+                    "file",
+                    retryable=False,
+                )
         try:
             self._attributes = worker_attributes(name, config.attributes)
         except ValueError as exc:
@@ -193,10 +223,7 @@ class DockerSite(SiteAdapter):
                     hostname=None if config.network_mode == "host" else resource_id,
                     network_mode=config.network_mode,
                     environment=self._environment(resource_id, port),
-                    mounts=[
-                        Mount(TOKEN_PATH, str(self._token_file), type="bind", read_only=True),
-                        Mount(EXECUTE_DIR, None, type="volume"),
-                    ],
+                    mounts=self._mounts(),
                     labels={
                         OWNER_TAG: self._owner,
                         SITE_TAG: self.name,
@@ -223,6 +250,7 @@ class DockerSite(SiteAdapter):
                 return self._existing(resource_id)
         with self._calling(f"starting container {resource_id}"):
             try:
+                self._hand_token(container, resource_id)
                 container.start()
             except (docker.errors.APIError, requests.RequestException):
                 self._discard(container, resource_id)
@@ -330,6 +358,68 @@ class DockerSite(SiteAdapter):
                 f"exited {code}: {text}",
                 retryable=True,
             )
+
+    # --- workers' own tokens -------------------------------------------------
+
+    def tokens_due(self, resource_ids: Sequence[str], now: float) -> list[str]:
+        if self._signing_key is None:
+            return []
+        half = self._token_lifetime_s / 2
+        return [
+            rid for rid in resource_ids if now - self._token_issued.get(rid, float("-inf")) >= half
+        ]
+
+    def renew_tokens(self, resource_ids: Sequence[str]) -> None:
+        """A new token into each running container of these (one a crash or
+        a restarted controller left unknown gets one too). A container that
+        is gone or stopped is passed over: the loop sees it in list_owned."""
+        if self._signing_key is None:
+            return
+        for rid in resource_ids:
+            with self._calling(f"renewing the token of {rid}"):
+                try:
+                    container = self._engine().containers.get(rid)
+                except docker.errors.NotFound:
+                    self._token_issued.pop(rid, None)
+                    continue
+                if not self._ours(_inspected_labels(container), rid):
+                    continue
+                if container.status != "running":
+                    continue
+                self._hand_token(container, rid)
+            log.info("site %s: renewed the token of %s", self.name, rid)
+
+    def _mounts(self) -> list[Mount]:
+        mounts = [Mount(EXECUTE_DIR, None, type="volume")]
+        if self._token_file is not None:
+            mounts.insert(0, Mount(TOKEN_PATH, str(self._token_file), type="bind", read_only=True))
+        return mounts
+
+    def _hand_token(self, container: Container, resource_id: str) -> None:
+        """Put a fresh token of the resource's own into the container (root,
+        0600), through the engine's archive API: nothing on the host's disk."""
+        if self._signing_key is None:
+            return
+        now = self._clock()
+        token = tokens.mint_worker(
+            self._signing_key,
+            resource_id=resource_id,
+            domain=self._pool.pool_domain,
+            lifetime_s=self._token_lifetime_s,
+            now=now,
+        )
+        data = token.encode("ascii")
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            info = tarfile.TarInfo(TOKEN_NAME)
+            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o600, 0, 0, int(now)
+            tar.addfile(info, io.BytesIO(data))
+        if not container.put_archive(TOKEN_DIR, archive.getvalue()):
+            raise SiteError(
+                f"site {self.name}: the engine did not take the token of {resource_id}",
+                retryable=True,
+            )
+        self._token_issued[resource_id] = now
 
     # --- helpers ------------------------------------------------------------
 
@@ -449,6 +539,7 @@ class DockerSite(SiteAdapter):
             )
         if container.status == "created":
             log.info("site %s: starting container %s, created earlier", self.name, resource_id)
+            self._hand_token(container, resource_id)
             container.start()
         log.info(
             "site %s: container %s exists already (%s)", self.name, resource_id, container.short_id

@@ -8,7 +8,9 @@ from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from tide.configbase import SiteSettings, ipv4_or_empty
-from tide.sites.base import Capability, PoolEndpoint
+from tide.htcondor import tokens
+from tide.htcondor.tokens import WORKERS_KEY_ID
+from tide.sites.base import Capability, PoolEndpoint, SiteError
 
 if TYPE_CHECKING:
     from tide.sites.base import SiteAdapter
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 class DockerSiteConfig(SiteSettings):
     kind: Literal["docker"] = Field(description="Workers are containers on a Docker engine.")
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.DRAIN})
+    per_resource_tokens: ClassVar[bool] = True
     engine_url: str = Field(
         default="unix:///var/run/docker.sock", description="Docker engine to use; the local socket."
     )
@@ -63,6 +66,14 @@ class DockerSiteConfig(SiteSettings):
         from tide.sites.docker import adapter  # noqa: PLC0415  (loads the docker SDK)
 
         client = adapter.engine_client(name, self.engine_url, timeout_s=adapter.API_TIMEOUT_S)
+        key = None
+        if self.worker_signing_key_file is not None:
+            try:
+                key = tokens.SigningKey.read(self.worker_signing_key_file, key_id=WORKERS_KEY_ID)
+            except tokens.TokenError as exc:
+                raise SiteError(
+                    f"site {name}: worker_signing_key_file: {exc}", retryable=False
+                ) from None
         return adapter.DockerSite(
             name,
             self,
@@ -70,4 +81,6 @@ class DockerSiteConfig(SiteSettings):
             owner=owner,
             pool=pool,
             worker_token_file=self.worker_token_file,
+            signing_key=key,
+            token_lifetime_s=self.worker_token_lifetime_s,
         )

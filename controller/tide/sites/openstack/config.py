@@ -45,7 +45,7 @@ class OpenStackSiteConfig(SiteSettings):
         except openstack.exceptions.SDKException as exc:  # e.g. no such entry in clouds.yaml
             raise SiteError(f"site {name}: sites.{name}.cloud: {exc}", retryable=False) from None
         try:
-            token = self.worker_token_file.read_text(encoding="utf-8")
+            token = self.shared_token_file().read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise SiteError(
                 f"site {name}: the worker token file {self.worker_token_file}: {exc}",

@@ -204,6 +204,6 @@ class SlurmBackfillSiteConfig(SiteSettings):
             executor=executor,
             owner=owner,
             pool=pool,
-            worker_token_file=self.worker_token_file,
+            worker_token_file=self.shared_token_file(),
             shape=site_model(name, self).shape,
         )
