@@ -12,7 +12,12 @@ end_to_end_s  condor_submit -> the job running (JobStatus 2) on a worker that
               `tide run`, with a Docker site on this machine's engine,
               created for it. 5 trials, each from no worker at all: the
               previous one's worker is drained and removed by the daemon
-              (idle_timeout_s 2) before the next job is submitted.
+              (idle_timeout_s 2) before the next job is submitted. The site
+              gives each worker a token of its own (worker_signing_key_file,
+              the lab's workers' key), as the controller role's sites do.
+token_issue_ms  one worker's own token issued and handed over: minted and put
+              into its running container (DockerSite.renew_tokens, the path
+              create takes too), 100 issues, median and p95.
 
 Each trial submits one job, as physicist on the central manager, that only
 a worker of the benchmark's own site (a unique name) can run, so no other
@@ -49,10 +54,12 @@ from tests import lab
 from benchmarks import report
 from tide.config import DockerSiteConfig, load_config
 from tide.htcondor import client as htcondor_client
+from tide.sites.base import PoolEndpoint
 from tide.store import Store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "controller.json"
-METRICS = ("reaction_s", "end_to_end_s")
+METRICS = ("reaction_s", "end_to_end_s", "token_issue_ms")
+TOKEN_ISSUES = 100
 INTERVAL_S = 1.0
 """The lab's loop interval (controller_interval_s); `tide run`'s default is 2 s."""
 REACTION_GOAL_P95_S = 2.0
@@ -77,6 +84,7 @@ class Bench:
     tmp: Path
     token: Path  # the controller's pool token (READ), a 0600 copy
     worker_token: Path  # the workers' token, a 0600 copy
+    workers_key: Path  # the workers' signing key, a 0600 copy
     schedd: Any
     collector: Any
     htcondor: Any
@@ -189,7 +197,7 @@ def _config(bench: Bench, name: str, owner: str, site: str, site_keys: str) -> P
                 kind: docker
                 shape: {SHAPE}
                 attributes: {{SiteName: LAB, TideSiteKind: docker}}
-                worker_token_file: {bench.worker_token}
+                worker_signing_key_file: {bench.workers_key}
             """
     ) + textwrap.indent(textwrap.dedent(site_keys), " " * 2)
     return lab.controller_config(
@@ -600,6 +608,59 @@ def measure_end_to_end(bench: Bench, trials: int) -> dict[str, Any]:
     return result
 
 
+# --- token_issue_ms --------------------------------------------------------------
+
+
+def measure_token_issue(bench: Bench, issues: int) -> dict[str, Any]:
+    """A worker of a Docker site with the workers' key, then `issues` tokens
+    of its own handed to it one after the other, each timed."""
+    tag = uuid.uuid4().hex[:6]
+    owner, site_name = f"bench-{tag}", f"tok-{tag}"
+    config = _config(
+        bench,
+        "token_issue",
+        owner,
+        site_name,
+        f"""\
+        port_range_start: {E2E_PORTS[0]}
+        port_range_end: {E2E_PORTS[1]}
+        bind_address: 127.0.0.1
+        """,
+    )
+    site_config = load_config(config).sites[site_name]
+    site = site_config.build(
+        site_name,
+        owner=owner,
+        pool=PoolEndpoint(collector=lab.COLLECTOR, pool_domain=lab.POOL_DOMAIN),
+    )
+    rid = f"tide-{site_name}-{tag}"
+    client = docker.from_env()
+    print(f"[bench] token_issue_ms: {issues} issues to worker {rid}", flush=True)
+    try:
+        site.create(rid)
+        _wait("the worker to run", lambda: client.containers.get(rid).status == "running", 60)
+
+        def issue() -> float:
+            started = time.perf_counter()
+            site.renew_tokens([rid])
+            return (time.perf_counter() - started) * 1000
+
+        runs = [issue() for _ in range(issues)]
+    finally:
+        _remove_workers(client, owner)
+        client.close()
+    result = report.summary(runs, with_p95=True)
+    print(f"[bench] token_issue_ms: median {result['median']}, p95 {result['p95']}", flush=True)
+    return {
+        **result,
+        "issues": issues,
+        "notes": {
+            "what": "mint (HKDF-SHA256 key, HS256) + inspect + the engine's archive API into "
+            "the running container's /etc/condor/tokens.d, as DockerSite.renew_tokens does",
+        },
+    }
+
+
 # --- main ------------------------------------------------------------------------
 
 
@@ -625,18 +686,24 @@ def main() -> None:
     try:
         token = _secret(tmp, "controller.token")
         worker_token = _secret(tmp, "worker.token")
+        workers_key = _secret(tmp, "workers_signing_key")
         folder = htcondor_client.configure(lab.COLLECTOR, token)
         import htcondor2  # noqa: PLC0415  (after htcondor_client.configure: it reads CONDOR_CONFIG)
 
         collector = htcondor2.Collector(lab.COLLECTOR)
         schedd = htcondor2.Schedd(collector.locate(htcondor2.DaemonType.Schedd, lab.CM_HOST))
-        bench = Bench(tmp, token, worker_token, schedd, collector, htcondor2, args.interval_s)
+        bench = Bench(
+            tmp, token, worker_token, workers_key, schedd, collector, htcondor2, args.interval_s
+        )
         if "reaction_s" in wanted:
             reaction = measure_reaction(bench, args.reaction_runs)
             report.write(args.output, {"reaction_s": reaction}, measured=measured)
         if "end_to_end_s" in wanted:
             end_to_end = measure_end_to_end(bench, args.runs)
             report.write(args.output, {"end_to_end_s": end_to_end}, measured=measured)
+        if "token_issue_ms" in wanted:
+            issued = measure_token_issue(bench, TOKEN_ISSUES)
+            report.write(args.output, {"token_issue_ms": issued}, measured=measured)
     finally:
         if folder is not None:
             htcondor_client.unconfigure(folder)

@@ -49,6 +49,12 @@ _RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>
 _EXEC_RACE = "OCI runtime exec failed"
 
 
+def idempotence_checked() -> bool:
+    """Whether Molecule's idempotence step converged site.yml a second time
+    with no change just before these tests (molecule/default/verify.yml)."""
+    return os.environ.get("TIDE_TEST_IDEMPOTENCE_CHECKED") == "molecule"
+
+
 def run(
     argv: Sequence[str], *, check: bool = True, timeout: float = 600, input_text: str | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -83,6 +83,8 @@ def test_the_service_runs_from_the_venv() -> None:
 
 
 def test_a_second_converge_changes_nothing() -> None:
+    if lab.idempotence_checked():
+        pytest.skip("Molecule's idempotence step ran site.yml (controller.yml too) again unchanged")
     result = lab.playbook("controller")
     assert result.returncode == 0, result.output[-6000:]
     assert result.changed == {HOST: 0}, result.output[-6000:]

@@ -19,6 +19,7 @@ import pytest
 
 from tests import lab, onboard_lab
 from tests.pool import client
+from tests.sampler import SecretSampler
 
 HOST = onboard_lab.HOST
 
@@ -83,7 +84,13 @@ def test_an_unreachable_pool_and_failed_checks_stop_before_anything_changes(whee
 
 def test_onboard_joins_the_pool_runs_a_job_and_a_second_run_changes_nothing(wheel: str) -> None:
     smoke = ("--smoke-test", "--submit-token-file", f"{onboard_lab.KIT}/submit.token")
-    done = onboard_lab.onboard(wheel, *smoke)
+    token = (lab.STATE / "secrets" / "worker.token").read_text().strip()
+    # No process shows the token (or any IDTOKEN) in its argv or environment
+    # while onboarding runs: ps is read every 0.2 s, all over this machine.
+    with SecretSampler([token, token.rsplit(".", 1)[1]]) as seen:
+        done = onboard_lab.onboard(wheel, *smoke)
+    assert seen.samples > 0
+    assert seen.found == [], seen.found
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"TideResourceId {HOST}" in done.stdout
     assert _slots(), "the slot is not in the pool"
@@ -98,7 +105,6 @@ def test_onboard_joins_the_pool_runs_a_job_and_a_second_run_changes_nothing(whee
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "0 change(s) - nothing to do" in again.stdout, again.stdout + again.stderr
     # The token never reaches the output.
-    token = (lab.STATE / "secrets" / "worker.token").read_text().strip()
     assert token not in done.stdout + done.stderr + again.stdout + again.stderr
 
 

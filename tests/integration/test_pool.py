@@ -17,7 +17,16 @@ def test_worker_slot_registers_with_configured_resources() -> None:
     ads = htcondor2.Collector().query(
         htcondor2.AdTypes.Startd,
         constraint=f'TideResourceId == "{lab.WORKER_HOST}"',
-        projection=["Name", "Cpus", "Memory", "Disk", "SiteName", "TideSiteKind", "SlotType"],
+        projection=[
+            "Name",
+            "Cpus",
+            "Memory",
+            "Disk",
+            "SiteName",
+            "TideSiteKind",
+            "SlotType",
+            "AuthenticatedIdentity",
+        ],
     )
     assert len(ads) == 1, [dict(ad) for ad in ads]
     slot = ads[0]
@@ -29,6 +38,8 @@ def test_worker_slot_registers_with_configured_resources() -> None:
     assert slot["Disk"] == 4096 * 1024
     assert slot["SiteName"] == "LAB"
     assert slot["TideSiteKind"] == "docker"
+    # It joined with a token of this host's own, which advertises no other machine.
+    assert slot["AuthenticatedIdentity"] == f"tide-worker-{lab.WORKER_HOST}@{lab.POOL_DOMAIN}"
 
 
 def test_containers_are_healthy() -> None:

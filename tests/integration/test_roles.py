@@ -4,9 +4,14 @@ bad environment, naming the setting."""
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import pytest
 
 from tests import lab
+from tide.htcondor import tokens
 
 
 def _fingerprint() -> dict[str, object]:
@@ -33,6 +38,8 @@ def _fingerprint() -> dict[str, object]:
 
 
 def test_second_run_changes_nothing_and_keeps_the_signing_key() -> None:
+    if lab.idempotence_checked():
+        pytest.skip("Molecule's idempotence step ran site.yml again and nothing changed")
     before = _fingerprint()
     for name, hosts in [
         ("central_manager", [lab.CM_HOST]),
@@ -71,6 +78,11 @@ def test_second_run_changes_nothing_and_keeps_the_signing_key() -> None:
         ("squid", '{"squid_allowed_clients": ["everyone"]}', "'everyone' must be an address"),
         ("squid", "squid_log_rotate_calendar=sometimes", "is not a systemd calendar event"),
         ("squid", '{"squid_origins": []}', "squid_origins must name"),
+        (
+            "central_manager",
+            '{"central_manager_worker_hosts": ["a b"]}',
+            "central_manager_worker_hosts: 'a b' is not a node name",
+        ),
         ("squid", '{"squid_origins": ["0.0.0.0/0"]}', "squid_origins: '0.0.0.0/0'"),
         ("squid", '{"squid_origins": ["localhost"]}', "squid_origins: 'localhost'"),
         ("squid", '{"squid_origins": ["2130706433"]}', "squid_origins: '2130706433'"),
@@ -88,6 +100,53 @@ def test_bad_input_stops_before_any_change(playbook: str, extra: str, named: str
     result = lab.playbook(playbook, "-e", extra)
     assert result.returncode != 0
     assert named in result.output, result.output[-3000:]
+    assert "changed=0" in result.output
+    assert _fingerprint() == before
+
+
+@pytest.mark.parametrize(
+    ("case", "named"),
+    [
+        ("garbage", "holds no IDTOKEN"),
+        ("expired", "not be expired"),
+        ("another pool", "it names tide-worker-x@elsewhere.example"),
+        ("wider", "it grants condor:/READ condor:/DAEMON"),
+    ],
+)
+def test_a_token_no_worker_may_hold_stops_before_any_change(
+    tmp_path: Path, case: str, named: str
+) -> None:
+    """condor_worker_token_file: what the token says is checked before anything
+    changes (its signature is the collector's to check)."""
+    key = tokens.SigningKey("tide-workers", os.urandom(32))
+    now = time.time()
+    worker = f"tide-worker-x@{lab.POOL_DOMAIN}"
+    text = {
+        "garbage": "not a token at all",
+        "expired": tokens.mint_worker(
+            key, resource_id="x", domain=lab.POOL_DOMAIN, lifetime_s=600, now=now - 3600
+        ),
+        "another pool": tokens.mint_worker(
+            key, resource_id="x", domain="elsewhere.example", lifetime_s=600, now=now
+        ),
+        "wider": tokens.mint(
+            key,
+            issuer=lab.POOL_DOMAIN,
+            subject=worker,
+            scopes=("condor:/READ", "condor:/DAEMON"),
+            lifetime_s=600,
+            now=now,
+        ),
+    }[case]
+    token_file = tmp_path / "worker.token"
+    tokens.write_private(token_file, text + "\n")
+    before = _fingerprint()
+    result = lab.playbook(
+        "worker", "-e", f"condor_worker_token_file={token_file}", "--limit", lab.WORKER_HOST
+    )
+    assert result.returncode != 0
+    assert named in result.output.replace("\n        ", " "), result.output[-3000:]
+    assert text not in result.output  # only the problem is named, never the token
     assert "changed=0" in result.output
     assert _fingerprint() == before
 

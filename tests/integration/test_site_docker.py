@@ -15,6 +15,7 @@ import docker.errors
 from tests import lab
 from tests.pool import client, slot_advertised
 from tests.probes import CREDENTIAL_SEARCH, assert_no_token_found
+from tests.sampler import SecretSampler
 from tide.config import DockerSiteConfig
 from tide.sites.base import OWNER_TAG, PoolEndpoint, SiteAdapter
 
@@ -90,8 +91,13 @@ def test_a_worker_with_a_token_of_its_own_joins_as_itself_alone() -> None:
     and a job there cannot read that token."""
     key_file = lab.STATE / "secrets" / "workers_signing_key"
     with _lab_site({"worker_signing_key_file": str(key_file)}) as (site, rid):
-        details = site.create(rid)
-        lab.wait_for(f"the slot of {rid}", lambda: slot_advertised(rid), timeout=120)
+        # The scale-up shows no token or key in any process's argv or
+        # environment (ps read every 0.2 s, all over this machine).
+        with SecretSampler([key_file.read_text().strip()]) as seen:
+            details = site.create(rid)
+            lab.wait_for(f"the slot of {rid}", lambda: slot_advertised(rid), timeout=120)
+        assert seen.samples > 0
+        assert seen.found == [], seen.found
         htcondor2 = client()
         ads = htcondor2.Collector().query(
             htcondor2.AdTypes.Startd,

@@ -12,12 +12,14 @@ they run, but never join a pool.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import stat
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from uuid import uuid4
 
 import docker
@@ -371,15 +373,14 @@ def _keyed_site(owner: str, key: tokens.SigningKey, lifetime_s: int = 3600) -> D
 
 
 def _token_in(container_id: str) -> tuple[str, str]:
-    """The worker's token file as the container has it: its mode and owner, and its text."""
-    container = CLIENT.containers.get(container_id)
-    code, out = container.exec_run(
-        ["sh", "-c", "stat -c '%a %U' /etc/condor/tokens.d/tide && cat /etc/condor/tokens.d/tide"],
-        user="root",
-    )
-    assert code == 0, out
-    mode_owner, token = cast(bytes, out).decode().split("\n", 1)
-    return mode_owner, token.strip()
+    """The worker's token file as the container holds it (running or not):
+    its mode and owner's uid, and its text."""
+    chunks, _ = CLIENT.containers.get(container_id).get_archive("/etc/condor/tokens.d/tide")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+        (member,) = tar.getmembers()
+        data = tar.extractfile(member)
+        assert data is not None
+        return f"{member.mode & 0o777:o} {member.uid}", data.read().decode().strip()
 
 
 def test_each_worker_gets_a_token_of_its_own_and_no_mount(
@@ -393,7 +394,7 @@ def test_each_worker_gets_a_token_of_its_own_and_no_mount(
         attrs = _inspect(details["container_id"])
         assert TOKEN_PATH not in {m["Destination"] for m in attrs["Mounts"]}
         mode_owner, token = _token_in(details["container_id"])
-        assert mode_owner == "600 root"
+        assert mode_owner == "600 0"
         payload = tokens.verify(signing_key, token)
         assert payload["sub"] == f"tide-worker-{rid}@{POOL.pool_domain}"
         assert payload["scope"] == " ".join(tokens.WORKER_SCOPES)
@@ -420,7 +421,7 @@ def test_a_token_is_renewed_when_half_its_lifetime_has_passed(
     now[0] += 300
     site.renew_tokens([rid, f"{owner}-no-such-container"])
     mode_owner, after = _token_in(details["container_id"])
-    assert mode_owner == "600 root"
+    assert mode_owner == "600 0"
     assert after != before
     assert tokens.verify(signing_key, after)["iat"] == 1_000_300
     assert site.tokens_due([rid], now[0]) == []

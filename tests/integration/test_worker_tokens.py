@@ -217,7 +217,7 @@ def test_a_token_beyond_a_workers_authority_is_refused(
     if case == "no expiry":
         token = _without_expiry(key, token)
     out = _send(tmp_path, token, [_slot(f"slot1@{a}", a)], "UPDATE_STARTD_AD")
-    assert not _present(f"slot1@{a}", timeout=5), (case, out)
+    assert not _present(f"slot1@{a}", timeout=3), (case, out)
 
 
 def _without_expiry(key: SigningKey, token: str) -> str:
