@@ -89,6 +89,14 @@ class Bench:
     collector: Any
     htcondor: Any
     interval_s: float
+    shared_token: bool = False  # the workers share the pool's token (the baseline)
+
+    def worker_credential(self) -> str:
+        """The sites' worker credential: each worker's own token, minted with
+        the workers' key, or (shared_token) the pool's one worker token."""
+        if self.shared_token:
+            return f"worker_token_file: {self.worker_token}"
+        return f"worker_signing_key_file: {self.workers_key}"
 
 
 # --- the pool ---------------------------------------------------------------
@@ -197,7 +205,7 @@ def _config(bench: Bench, name: str, owner: str, site: str, site_keys: str) -> P
                 kind: docker
                 shape: {SHAPE}
                 attributes: {{SiteName: LAB, TideSiteKind: docker}}
-                worker_signing_key_file: {bench.workers_key}
+                {bench.worker_credential()}
             """
     ) + textwrap.indent(textwrap.dedent(site_keys), " " * 2)
     return lab.controller_config(
@@ -673,6 +681,12 @@ def main() -> None:
         "--interval-s", type=float, default=INTERVAL_S, help="the loop's interval (default 1)"
     )
     parser.add_argument("--only", choices=METRICS, action="append", help="measure only this metric")
+    parser.add_argument(
+        "--shared-token",
+        action="store_true",
+        help="end_to_end_s with the pool's shared worker token (written as "
+        "end_to_end_s_shared_token: the baseline of a worker's own token)",
+    )
     args = parser.parse_args()
     wanted = args.only or list(METRICS)
     measured = report.source()
@@ -693,14 +707,24 @@ def main() -> None:
         collector = htcondor2.Collector(lab.COLLECTOR)
         schedd = htcondor2.Schedd(collector.locate(htcondor2.DaemonType.Schedd, lab.CM_HOST))
         bench = Bench(
-            tmp, token, worker_token, workers_key, schedd, collector, htcondor2, args.interval_s
+            tmp,
+            token,
+            worker_token,
+            workers_key,
+            schedd,
+            collector,
+            htcondor2,
+            args.interval_s,
+            shared_token=args.shared_token,
         )
         if "reaction_s" in wanted:
             reaction = measure_reaction(bench, args.reaction_runs)
             report.write(args.output, {"reaction_s": reaction}, measured=measured)
         if "end_to_end_s" in wanted:
             end_to_end = measure_end_to_end(bench, args.runs)
-            report.write(args.output, {"end_to_end_s": end_to_end}, measured=measured)
+            end_to_end["worker_tokens"] = "one shared" if args.shared_token else "each its own"
+            name = "end_to_end_s_shared_token" if args.shared_token else "end_to_end_s"
+            report.write(args.output, {name: end_to_end}, measured=measured)
         if "token_issue_ms" in wanted:
             issued = measure_token_issue(bench, TOKEN_ISSUES)
             report.write(args.output, {"token_issue_ms": issued}, measured=measured)
