@@ -5,7 +5,6 @@ collector, and against condor_token_create's own tokens)."""
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -106,54 +105,3 @@ def test_write_private_makes_a_0600_file(tmp_path: Path) -> None:
     assert target.read_text() == "new"
     assert target.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["token"]
-
-
-@pytest.mark.parametrize(
-    ("case", "named"),
-    [
-        ("empty", "is empty"),
-        ("garbage", "not a token"),
-        ("another pool", "not an identity of pool pool.test"),
-        ("expired", "expired at"),
-        ("daemon", "grants condor:/DAEMON, more than a worker needs"),
-        ("no scope", "grants every authority (no scope)"),
-    ],
-)
-def test_a_token_no_worker_may_hold_is_refused_with_its_fix(
-    key: SigningKey, case: str, named: str
-) -> None:
-    def made(**kw: object) -> str:
-        args: dict[str, object] = {
-            "issuer": "pool.test",
-            "subject": "tide-worker-r1@pool.test",
-            "scopes": tokens.WORKER_SCOPES,
-            "lifetime_s": 600,
-            "now": 1000,
-        }
-        args.update(kw)
-        return tokens.mint(key, **args)  # type: ignore[arg-type]
-
-    text = {
-        "empty": "  \n",
-        "garbage": "hello",
-        "another pool": made(subject="tide-worker-r1@elsewhere.org"),
-        "expired": made(now=0, lifetime_s=10),
-        "daemon": made(scopes=(*tokens.WORKER_SCOPES, "condor:/DAEMON")),
-        "no scope": tokens.encode(key, {"sub": "worker@pool.test", "iat": 1, "jti": "j"}),
-    }[case]
-    with pytest.raises(TokenError, match=re.escape(named)):
-        tokens.check_worker_token(text, domain="pool.test", now=1000, where="the token file t")
-
-
-def test_a_workers_token_passes_the_check(key: SigningKey) -> None:
-    good = tokens.mint_worker(key, resource_id="r1", domain="pool.test", lifetime_s=60, now=1000)
-    tokens.check_worker_token(good, domain="pool.test", now=1000, where="t")
-    shared = tokens.mint(
-        key,
-        issuer="pool.test",
-        subject="worker@pool.test",
-        scopes=("condor:/READ", "condor:/ADVERTISE_MASTER", "condor:/ADVERTISE_STARTD"),
-        lifetime_s=10**9,
-        now=0,
-    )
-    tokens.check_worker_token(shared, domain="pool.test", now=1000, where="t")
