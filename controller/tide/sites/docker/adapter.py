@@ -273,6 +273,7 @@ class DockerSite(SiteAdapter):
         ]
 
     def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
+        self._token_issued.pop(resource_id, None)  # never renewed again: not remembered
         ref = details.get("container_id") or resource_id
         with self._calling(f"destroying container {resource_id}"):
             try:
