@@ -132,7 +132,7 @@ def _config(tmp: Path, owner: str, site: str, more_sites: str = "") -> Path:
         sites=slurm_lab.backfill_site(
             tmp,
             site,
-            _secret(tmp, "worker.token"),
+            {"worker_signing_key_file": str(_secret(tmp, "workers_signing_key"))},
             settings={
                 "owner_partitions": [slurm_lab.OWNER_PARTITION],
                 "owner_grace_s": OWNER_GRACE_S,

@@ -66,7 +66,7 @@ ENDED = frozenset(
 def backfill_site(
     tmp: Path,
     site: str,
-    worker_token: Path,
+    credential: Mapping[str, str],
     *,
     settings: Mapping[str, object],
     limits: Mapping[str, object],
@@ -74,14 +74,16 @@ def backfill_site(
     """The YAML `sites` mapping of one slurm_backfill site on this cluster:
     pilots of one CPU in the backfill partition, reached over SSH as the
     pilot account with a 0600 copy of the lab's key in `tmp`, at most one
-    pilot per node; `settings` and `limits` add to (or override) these."""
+    pilot per node; `credential` is the site's worker_token_file or its
+    worker_signing_key_file; `settings` and `limits` add to (or override)
+    these."""
     key = tmp / "slurm.key"
     key.write_bytes(SSH_KEY.read_bytes())
     key.chmod(0o600)
     config = {
         "kind": "slurm_backfill",
         "shape": {"cpus": 1, "memory_mb": 500, "disk_mb": 1024},
-        "worker_token_file": str(worker_token),
+        **credential,
         "partition": BACKFILL_PARTITION,
         "condor_config": {"NETWORK_INTERFACE": "127.0.0.1"},
         "login": {

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, model_validator
 from pydantic_core import PydanticCustomError
 
+from tide.htcondor import tokens
 from tide.model import Shape, Site, SiteLimits
-from tide.sites.base import Capability, PoolEndpoint
+from tide.sites.base import Capability, PoolEndpoint, SiteError
 
 if TYPE_CHECKING:
     from tide.sites.base import SiteAdapter
@@ -195,7 +196,7 @@ class SiteSettings(Model):
         description="The pool's workers' signing key (the central_manager role fetches it as "
         "workers_signing_key, 0600): each worker gets a token of its own, minted by the "
         "controller, naming it alone and expiring (worker_token_lifetime_s). Instead of "
-        "worker_token_file, at kinds that can hand it over (docker).",
+        "worker_token_file, at kinds that can hand it over (docker, slurm_backfill).",
     )
     worker_token_lifetime_s: int = Field(
         default=86400,
@@ -203,7 +204,8 @@ class SiteSettings(Model):
         le=34560000,
         description="How long a worker's own token is valid; the controller gives a live worker "
         "a new one when half of it has passed. A day by default: a token stolen from a "
-        "destroyed worker stops working within it.",
+        "destroyed worker stops working within it. A Slurm pilot's token is not renewed: "
+        "it lasts the site's boot timeout plus the walltime plus 10 minutes.",
     )
     per_resource_tokens: ClassVar[bool] = False
     """Whether the kind's adapter hands each worker a token of its own."""
@@ -255,6 +257,21 @@ class SiteSettings(Model):
     def secret_files(self) -> list[Path]:
         """Every secret file this site's configuration names (each must be 0600)."""
         return [f for f in (self.worker_token_file, self.worker_signing_key_file) if f is not None]
+
+    def signing_key(self, name: str) -> tokens.SigningKey | None:
+        """The workers' signing key `worker_signing_key_file` names, read and
+        checked (0600, a key); None for a site of shared tokens. Raises
+        SiteError (not retryable) naming the site and the problem."""
+        if self.worker_signing_key_file is None:
+            return None
+        try:
+            return tokens.SigningKey.read(
+                self.worker_signing_key_file, key_id=tokens.WORKERS_KEY_ID
+            )
+        except tokens.TokenError as exc:
+            raise SiteError(
+                f"site {name}: worker_signing_key_file: {exc}", retryable=False
+            ) from None
 
     def build(self, name: str, *, owner: str, pool: PoolEndpoint) -> SiteAdapter:
         """The site's adapter, its client library imported only now. Contacts

@@ -88,7 +88,7 @@ def two_site_daemon(tmp: Path, cloud: FakeOpenStack, hpc: str, cloud_name: str) 
     backfill = slurm_lab.backfill_site(
         tmp,
         hpc,
-        _secret(tmp, "worker.token"),
+        {"worker_token_file": str(_secret(tmp, "worker.token"))},
         settings={
             "attributes": {"TideSiteKind": "slurm"},
             "owner_partitions": [slurm_lab.OWNER_PARTITION, slurm_lab.NOPREEMPT_PARTITION],

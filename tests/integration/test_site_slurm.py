@@ -16,10 +16,16 @@ Slurm jobs - into the lab pool for grid jobs that only the site can run.
 - Docker pilots (pilot_runtime: docker) run the tide/condor image on the
   engine whose socket the cluster's nodes have; an evacuated or killed
   pilot leaves no container behind.
+- Each pilot joins with a token of its own (the site has the workers'
+  signing key). A native pilot's jobs run as the pilot's user and can read
+  it (no private mount namespace yet), but it advertises nothing but that
+  pilot, and it lasts no longer than the pilot can: the staged copy is gone
+  once the pilot has read it.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +36,10 @@ import pytest
 
 from tests import lab, slurm_lab
 from tests.integration.test_controller import Daemon, _secret, _submit
+from tests.integration.test_worker_tokens import _names, _present, _send, _slot, _withdraw
+from tests.probes import JWT
+from tide.htcondor import tokens
+from tide.sites.slurm.adapter import PILOT_TOKEN_MARGIN_S, walltime_s
 
 GRID_JOB_S = 20
 # The lab cluster preempts backfill for `owner` jobs itself (bf_interval 1 s):
@@ -75,7 +85,7 @@ def _config(tmp: Path, owner: str, site: str, extra: Mapping[str, object]) -> Pa
         sites=slurm_lab.backfill_site(
             tmp,
             site,
-            _secret(tmp, "worker.token"),
+            {"worker_signing_key_file": str(_secret(tmp, "workers_signing_key"))},
             settings=settings,
             limits={"idle_timeout_s": 30, "owner_quiet_s": 5},
         ),
@@ -96,7 +106,7 @@ def _daemon(tmp: Path, extra: Mapping[str, object] | None = None) -> Iterator[Da
         _cancel_all()
     text = d.log.read_text()
     assert d.code in (0, None), text[-3000:]
-    assert (tmp / "worker.token").read_text().strip() not in text
+    assert not re.search(JWT, text), "a token in the controller's log"
 
 
 def _pilots(site: str) -> dict[str, str]:
@@ -322,3 +332,51 @@ def test_docker_pilots_run_tide_condor_and_leave_nothing_behind(tmp_path: Path) 
         _until("the killed pilot's container gone", lambda: _pilot_containers() == {}, 60)
         _until_jobs(cluster, [(1, 1), (1, 1)], "both jobs back to idle", 120)
         d.tide("resume", "--site", d.site)
+
+
+# A job's search for tokens wherever the pilot's user may keep them: this
+# node's temporary folders (the pilots' work folders) and the user's home
+# (the controller's staging folder), each found token printed whole.
+_FIND_TOKENS = (
+    'home=$(getent passwd "$(id -u)" | cut -d: -f6); echo user $(id -un); '
+    f"for f in $(grep -rlsE '{JWT}' /tmp /var/tmp \"$home\" 2>/dev/null); do "
+    'echo "FOUND $f $(head -n 1 "$f")"; done; echo done'
+)
+
+
+def test_a_pilots_own_token_advertises_nothing_but_its_pilot(tmp_path: Path) -> None:
+    with _daemon(tmp_path) as d:
+        cluster = _grid_jobs(d.site, 1, seconds=5)  # a pilot comes for it
+        _until("the grid job done on a pilot", lambda: _done(cluster) == 1)
+        (pilot,) = _pilots(d.site)
+        job = lab.run_job(_FIND_TOKENS, on=pilot)
+        assert job.output.rstrip().endswith("done"), job
+        found = dict(
+            line.split()[1:3] for line in job.output.splitlines() if line.startswith("FOUND ")
+        )
+        # The job runs as the pilot's user, so it finds its pilot's token in
+        # the pilot's work folder; the staged copy is gone. (It may find the
+        # staged tokens of pilots that never started, cancelled by earlier
+        # tests behind the controller's back: swept once they expire.)
+        assert found, job.output
+        assert not [path for path in found if path.endswith(f"/{pilot}.token")], found
+        for token in found.values():
+            payload = tokens.claims(token)["payload"]
+            assert payload["sub"].startswith("tide-worker-tide-"), payload
+            assert payload["scope"] == "condor:/ADVERTISE_STARTD condor:/ADVERTISE_MASTER"
+        mine = tokens.worker_identity(pilot, lab.POOL_DOMAIN)
+        token = next(t for t in found.values() if tokens.claims(t)["payload"]["sub"] == mine)
+        payload = tokens.claims(token)["payload"]
+        bound = 600 + walltime_s("01:00:00") + PILOT_TOKEN_MARGIN_S  # boot timeout: the default
+        assert payload["exp"] - payload["iat"] == bound
+        # What a job can do with it: nothing for any other machine...
+        fake = f"tide-fake-{uuid.uuid4().hex[:8]}"
+        refused = [_slot(f"slot1@{fake}", fake), _slot(f"slot2@{fake}", pilot)]
+        outputs = [_send(tmp_path, token, [ad], "UPDATE_STARTD_AD") for ad in refused]
+        # ... only what its pilot could (so the refusals are the collector's rule).
+        _send(tmp_path, token, [_slot(f"slot9@{pilot}", pilot)], "UPDATE_STARTD_AD")
+        try:
+            assert _present(f"slot9@{pilot}"), outputs
+            assert _names(f'TideResourceId == "{fake}" || regexp("@{fake}$", Name)') == []
+        finally:
+            _withdraw(f'Name == "slot9@{pilot}"')

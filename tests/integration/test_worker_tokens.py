@@ -121,16 +121,21 @@ def _present(name: str, *, timeout: float = 10) -> bool:
 def resources() -> Iterator[tuple[str, str]]:
     a, b = f"tide-tok-{uuid4().hex[:8]}", f"tide-tok-{uuid4().hex[:8]}"
     yield a, b
-    # Whatever a test got in, out again: the controller's token withdraws.
+    # Whatever a test got in, out again.
+    for rid in (a, b):
+        _withdraw(f'TideResourceId == "{rid}"')
+
+
+def _withdraw(constraint: str) -> None:
+    """Startd ads out of the collector, with the controller's token."""
     htcondor2 = client(lab.STATE / "secrets" / "controller.token")
     import classad2  # noqa: PLC0415
 
-    for rid in (a, b):
-        query = classad2.ClassAd()
-        query["MyType"] = "Query"
-        query["TargetType"] = "Machine"
-        query["Requirements"] = classad2.ExprTree(f'TideResourceId == "{rid}"')
-        htcondor2.Collector(lab.COLLECTOR).advertise([query], "INVALIDATE_STARTD_ADS")
+    query = classad2.ClassAd()
+    query["MyType"] = "Query"
+    query["TargetType"] = "Machine"
+    query["Requirements"] = classad2.ExprTree(constraint)
+    htcondor2.Collector(lab.COLLECTOR).advertise([query], "INVALIDATE_STARTD_ADS")
 
 
 def test_a_token_made_by_condor_token_create_verifies_with_the_same_key(key: SigningKey) -> None:

@@ -20,9 +20,17 @@ import pytest
 
 from tide.config import ConfigError, SlurmBackfillSiteConfig, load_config
 from tide.executors import CommandTimedOut, Completed, LocalExecutor
+from tide.htcondor import tokens
+from tide.htcondor.tokens import SigningKey
 from tide.model import Shape
 from tide.sites.base import DeadlineExceeded, OwnerQueue, PoolEndpoint, SiteError
-from tide.sites.slurm.adapter import SlurmBackfillSite, ending_nodes, owner_queue_from
+from tide.sites.slurm.adapter import (
+    PILOT_TOKEN_MARGIN_S,
+    SlurmBackfillSite,
+    ending_nodes,
+    owner_queue_from,
+    walltime_s,
+)
 
 CONFIG = """\
 pool:
@@ -445,3 +453,107 @@ def test_an_unreadable_token_file_is_a_site_error(tmp_path: Path) -> None:
     with pytest.raises(SiteError, match="staging the worker token: cannot read") as caught:
         site.create("tide-maxwell-0000abcd")
     assert not caught.value.retryable
+
+
+# --- pilots' own tokens -------------------------------------------------------
+
+
+def _keyed_site(tmp_path: Path, executor: NoExecutor) -> tuple[SlurmBackfillSite, SigningKey]:
+    key = SigningKey("tide-workers", os.urandom(32))
+    site = SlurmBackfillSite(
+        "maxwell",
+        _config(tmp_path),
+        executor=executor,
+        owner="tide-lab",
+        pool=PoolEndpoint("127.0.0.1:29618", "lab.tide"),
+        signing_key=key,
+        boot_timeout_s=300,
+        shape=Shape(2, 1000, 5000),
+    )
+    return site, key
+
+
+class Recording(Scripted):
+    """Scripted, keeping each command's stdin too; a command that runs
+    sbatch (the submission with a token is `sh -c ... sbatch ...`) prints
+    a job id."""
+
+    def __init__(self, answers: Mapping[str, str | Exception]) -> None:
+        super().__init__(answers)
+        self.stdins: list[str | None] = []
+
+    def run(
+        self, argv: Sequence[str], *, stdin: str | None = None, timeout_s: float = 30.0
+    ) -> Completed:
+        self.stdins.append(stdin)
+        done = super().run(argv, stdin=stdin, timeout_s=timeout_s)
+        return Completed(tuple(argv), 0, "4242\n", "") if "sbatch" in argv else done
+
+
+def test_each_pilot_is_submitted_with_a_token_of_its_own_on_stdin(tmp_path: Path) -> None:
+    executor = Recording(STAGED)
+    site, key = _keyed_site(tmp_path, executor)
+    assert site.create("tide-maxwell-0000abcd") == {"job_id": "4242"}
+    (argv, _), stdin = executor.calls[-1], executor.stdins[-1]
+    assert argv[:2] == ("sh", "-c")
+    assert "--export=NIL" in argv
+    token_file = "/home/tide/.tide/tokens/tide-maxwell-0000abcd.token"  # noqa: S105
+    assert argv[4] == token_file
+    assert stdin is not None
+    token, script = stdin.split("\n", 1)
+    assert not [arg for arg in argv if token in arg or "eyJ" in arg]  # never on a command line
+    assert token not in script
+    assert script.startswith("#!/bin/bash")
+    payload = tokens.verify(key, token)
+    assert payload["sub"] == "tide-worker-tide-maxwell-0000abcd@lab.tide"
+    # Bounded by the pilot's life: the boot timeout, the walltime (12 h), a margin.
+    assert payload["exp"] - payload["iat"] == 300 + 12 * 3600 + PILOT_TOKEN_MARGIN_S
+    # The pilot reads it from there and removes it; the script holds no secret.
+    assert f"token={token_file}\n" in script
+    assert 'rm -f "$token"' in script
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_the_token_is_written_0600_and_taken_back_if_sbatch_fails(tmp_path: Path) -> None:
+    """The real submit command, sbatch replaced by a stand-in that reads the script."""
+    executor = Recording(STAGED)
+    site, _ = _keyed_site(tmp_path, executor)
+    site.create("tide-maxwell-0000abcd")
+    (argv, _), stdin = executor.calls[-1], executor.stdins[-1]
+    assert stdin is not None
+    token_file = tmp_path / "own.token"
+    sh, dash_c, command, name = argv[:4]
+    for exit_code in (0, 3):
+        stand_in = f'cat > "{tmp_path}/script"; echo 4242; exit {exit_code}'
+        done = subprocess.run(
+            [sh, dash_c, command, name, str(token_file), "sh", "-c", stand_in],
+            input=stdin,
+            text=True,
+            capture_output=True,
+            check=False,
+        )
+        assert done.returncode == exit_code, done.stderr
+        assert (tmp_path / "script").read_text() == stdin.split("\n", 1)[1]
+        if exit_code == 0:
+            assert token_file.read_text() == stdin.split("\n", 1)[0] + "\n"
+            assert token_file.stat().st_mode & 0o777 == 0o600
+            token_file.unlink()
+        else:
+            assert not token_file.exists()
+
+
+def test_a_destroyed_pilots_token_is_removed_and_stale_ones_swept(tmp_path: Path) -> None:
+    executor = Recording(STAGED)
+    site, _ = _keyed_site(tmp_path, executor)
+    site.destroy("tide-maxwell-0000abcd", {"job_id": "4242"})
+    commands = [argv for argv, _ in executor.calls]
+    assert commands[-1] == ("rm", "-f", "--", "/home/tide/.tide/tokens/tide-maxwell-0000abcd.token")
+    (stage,) = [argv for argv in commands if argv[0] == "sh"]
+    minutes = (300 + 12 * 3600 + PILOT_TOKEN_MARGIN_S) // 60 + 1
+    assert f"-mmin +{minutes} -delete" in stage[2]
+    assert "rm -f worker.token" in stage[2]  # no shared token left from before
+
+
+def test_walltimes_in_seconds() -> None:
+    assert walltime_s("12:00:00") == 43200
+    assert walltime_s("2-01:00:05") == 2 * 86400 + 3605

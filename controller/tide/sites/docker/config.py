@@ -8,9 +8,7 @@ from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from tide.configbase import SiteSettings, ipv4_or_empty
-from tide.htcondor import tokens
-from tide.htcondor.tokens import WORKERS_KEY_ID
-from tide.sites.base import Capability, PoolEndpoint, SiteError
+from tide.sites.base import Capability, PoolEndpoint
 
 if TYPE_CHECKING:
     from tide.sites.base import SiteAdapter
@@ -66,14 +64,7 @@ class DockerSiteConfig(SiteSettings):
         from tide.sites.docker import adapter  # noqa: PLC0415  (loads the docker SDK)
 
         client = adapter.engine_client(name, self.engine_url, timeout_s=adapter.API_TIMEOUT_S)
-        key = None
-        if self.worker_signing_key_file is not None:
-            try:
-                key = tokens.SigningKey.read(self.worker_signing_key_file, key_id=WORKERS_KEY_ID)
-            except tokens.TokenError as exc:
-                raise SiteError(
-                    f"site {name}: worker_signing_key_file: {exc}", retryable=False
-                ) from None
+        key = self.signing_key(name)
         return adapter.DockerSite(
             name,
             self,

@@ -28,9 +28,19 @@ nodes' native HTCondor as the submitting user (`pilot_runtime: native`), or
 the tide/condor image on the node's Docker engine (`docker`), which gets
 the token on its stdin and shuts down fast when that stdin ends - when the
 pilot is told to go, or dies with its job.
-The token is staged once on the cluster (`work_dir`, 0600 in a 0700
-folder) over the executor's stdin, never on a command line; the script
-itself holds no secret.
+Tokens. With `worker_signing_key_file` each pilot gets a token of its own
+(tide.htcondor.tokens: identity tide-worker-<resource>, the worker's
+scopes), valid for the site's boot timeout plus the walltime plus
+PILOT_TOKEN_MARGIN_S - a pilot not running by the boot timeout is cancelled,
+and one running ends at its walltime, so the token outlives its pilot by
+minutes at most and is never renewed. It travels on the executor's stdin in
+the same command that submits the pilot, is written 0600 into `work_dir`/
+tokens/<resource>.token (0700 folders), removed again if sbatch fails, by
+the pilot once it has read it, and by destroy (a pilot cancelled while
+queued); stale ones are swept when the folder is first made. Otherwise
+the site's shared worker token is staged once (`work_dir`/worker.token,
+0600 in a 0700 folder). Either way a token is never on a command line and
+the script itself holds no secret.
 
 Ownership: the job's name is the resource id, and its comment carries
 `tide-owner=<owner> tide-site=<site>`; list_owned lists the submitting
@@ -63,6 +73,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -72,6 +83,7 @@ from pathlib import Path
 import jinja2
 
 from tide.executors import CommandTimedOut, Completed, Executor, ExecutorError
+from tide.htcondor import tokens
 from tide.model import Shape
 from tide.sites.base import (
     OWNER_TAG,
@@ -121,6 +133,22 @@ ENDING_S = 30
 """A job in the pilots' partition with this little time left is ending (Slurm
 is preempting it, or its walltime is up): its node counts as on its way back."""
 
+PILOT_TOKEN_MARGIN_S = 600
+"""A pilot's own token lasts this long beyond the latest a pilot can end
+(its boot timeout plus its walltime): Slurm's kill at the walltime comes a
+little late, and clocks differ a little."""
+
+TOKENS_DIR = "tokens"
+"""The folder in `work_dir` of the pilots' own tokens, one file each."""
+
+# The pilot's own token is the first line of stdin (never an argument), the
+# batch script the rest, which sbatch reads: one round trip, and no token
+# left behind by a submission that failed. $1: the token's file.
+_STAGE_AND_SUBMIT = (
+    'umask 077; f=$1; shift; IFS= read -r t || exit 2; printf "%s\\n" "$t" >"$f" || exit 2; '
+    'unset t; "$@"; rc=$?; [ "$rc" -eq 0 ] || rm -f -- "$f"; exit "$rc"'
+)
+
 _TEMPLATE = "slurm-pilot.sh.j2"
 _LINE_SHOWN = 120  # of a malformed output line, in an error message
 _GONE_JOB = ("Invalid job id", "already completing or completed", "Job has already finished")
@@ -139,7 +167,9 @@ class SlurmBackfillSite(SiteAdapter):
         executor: Executor,
         owner: str,
         pool: PoolEndpoint,
-        worker_token_file: Path,
+        worker_token_file: Path | None = None,
+        signing_key: tokens.SigningKey | None = None,
+        boot_timeout_s: float = 600.0,
         shape: Shape,
     ) -> None:
         self.name = name
@@ -147,7 +177,15 @@ class SlurmBackfillSite(SiteAdapter):
         self._executor = executor
         self._owner = owner
         self._pool = pool
+        if (worker_token_file is None) == (signing_key is None):
+            raise SiteError(
+                f"site {name}: a worker token file or a signing key, one of them", retryable=False
+            )
         self._token_file = worker_token_file
+        self._signing_key = signing_key
+        self._token_lifetime_s = int(
+            boot_timeout_s + walltime_s(config.walltime) + PILOT_TOKEN_MARGIN_S
+        )
         self._shape = shape
         self._tags = f"{OWNER_TAG}={owner} {SITE_TAG}={name}"
         self._work_dir: str | None = None  # absolute, on the cluster, once staged
@@ -195,7 +233,25 @@ class SlurmBackfillSite(SiteAdapter):
             argv.append(f"--qos={cfg.qos}")
         if cfg.account:
             argv.append(f"--account={cfg.account}")
-        done = self._run(argv, f"submitting pilot {resource_id}", stdin=self.script(resource_id))
+        stdin = self.script(resource_id)
+        if self._signing_key is not None:
+            token = tokens.mint_worker(
+                self._signing_key,
+                resource_id=resource_id,
+                domain=self._pool.pool_domain,
+                lifetime_s=self._token_lifetime_s,
+                now=time.time(),
+            )
+            argv = [
+                "sh",
+                "-c",
+                _STAGE_AND_SUBMIT,
+                "tide-submit",
+                self._own_token(resource_id),
+                *argv,
+            ]
+            stdin = f"{token}\n{stdin}"
+        done = self._run(argv, f"submitting pilot {resource_id}", stdin=stdin)
         job_id = done.stdout.strip().split(";")[0]  # --parsable: id[;cluster]
         if not _is_number(job_id):
             raise SiteError(
@@ -244,6 +300,9 @@ class SlurmBackfillSite(SiteAdapter):
             ["--state=RUNNING", "--batch", "--signal=TERM"],
             "evacuating pilot",
         )
+        if self._signing_key is not None:  # a pilot cancelled while queued never read it
+            self._staged()
+            self._run(["rm", "-f", "--", self._own_token(resource_id)], "removing its token")
 
     # --- Capability.DRAIN -------------------------------------------------
 
@@ -304,7 +363,12 @@ class SlurmBackfillSite(SiteAdapter):
             collector=self._pool.collector,
             collector_host=host,
             pool_domain=self._pool.pool_domain,
-            token_file=f"{self._work_dir or self._config.work_dir}/worker.token",
+            token_file=(
+                f"{self._work_dir or self._config.work_dir}/worker.token"
+                if self._signing_key is None
+                else self._own_token(resource_id)
+            ),
+            own_token=self._signing_key is not None,
             idle_exit_s=self._config.idle_exit_s,
             vacate_timeout_s=VACATE_TIMEOUT_S,
             max_job_retirement_s=self._config.max_job_retirement_s,
@@ -342,36 +406,47 @@ class SlurmBackfillSite(SiteAdapter):
             env[f"_CONDOR_{name}"] = value
         return env
 
+    def _own_token(self, resource_id: str) -> str:
+        """Where a pilot's own token waits for it on the cluster."""
+        return f"{self._work_dir or self._config.work_dir}/{TOKENS_DIR}/{resource_id}.token"
+
     def _staged(self) -> str:
-        """The cluster-side work folder, with the worker token in it: made
-        and written once per controller start (and again after a failure)."""
+        """The cluster-side work folder (0700), made once per controller
+        start (and again after a failure): with the shared worker token in
+        it, or with the folder of the pilots' own tokens, swept of those
+        older than a pilot's token lives (and of a shared token)."""
         if self._work_dir is not None:
             return self._work_dir
-        try:
-            token = self._token_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise SiteError(
-                f"site {self.name}: staging the worker token: cannot read "
-                f"{self._token_file}: {reason}",
-                retryable=False,
-            ) from None
-        # $1: the folder (relative to the home), read as an argument; the
+        stdin = None
+        # $1: the folder (relative to the home), read as an argument; a
         # token arrives on stdin and is written 0600 under umask 077.
-        script = (
-            'umask 077 && cd && mkdir -p -- "$1" && chmod 700 -- "$1" && cd -- "$1" '
-            "&& cat > worker.token.new && mv -f worker.token.new worker.token && pwd"
-        )
+        script = 'umask 077 && cd && mkdir -p -- "$1" && chmod 700 -- "$1" && cd -- "$1" && '
+        if self._token_file is not None:
+            try:
+                stdin = self._token_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise SiteError(
+                    f"site {self.name}: staging the worker token: cannot read "
+                    f"{self._token_file}: {reason}",
+                    retryable=False,
+                ) from None
+            script += "cat > worker.token.new && mv -f worker.token.new worker.token && pwd"
+        else:
+            minutes = self._token_lifetime_s // 60 + 1
+            # A shared token staged before the site had the signing key goes.
+            script += (
+                f"rm -f worker.token && mkdir -p {TOKENS_DIR} && chmod 700 {TOKENS_DIR} && "
+                f"find {TOKENS_DIR} -type f -name '*.token' -mmin +{minutes} -delete && pwd"
+            )
         done = self._run(
             ["sh", "-c", script, "tide-stage", self._config.work_dir],
-            "staging the worker token",
-            stdin=token,
+            "staging the worker token" if stdin is not None else "making the work folder",
+            stdin=stdin,
         )
         work_dir = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
         if not work_dir.startswith("/"):
-            raise SiteError(
-                f"site {self.name}: staging the worker token printed no folder", retryable=True
-            )
+            raise SiteError(f"site {self.name}: staging printed no folder", retryable=True)
         self._work_dir = work_dir
         return work_dir
 
@@ -442,6 +517,13 @@ def _lines(output: str) -> Iterator[tuple[int, str]]:
 def _malformed_line(number: int, line: str, expected: str) -> str:
     shown = line if len(line) <= _LINE_SHOWN else line[:_LINE_SHOWN] + "..."
     return f"line {number} {shown!r}, not {expected}"
+
+
+def walltime_s(walltime: str) -> int:
+    """Seconds of a [D-]HH:MM:SS walltime (the form the configuration takes)."""
+    days, _, clock = walltime.rpartition("-")
+    hours, minutes, seconds = (int(part) for part in clock.split(":"))
+    return int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
 
 
 def _is_number(text: str) -> bool:
@@ -539,4 +621,12 @@ def owner_queue_from(pending: str, nodes: str, *, pilots_partition: str) -> Owne
     )
 
 
-__all__ = ["DRAIN_REQUEST", "JOB_ID", "SlurmBackfillSite", "ending_nodes", "owner_queue_from"]
+__all__ = [
+    "DRAIN_REQUEST",
+    "JOB_ID",
+    "PILOT_TOKEN_MARGIN_S",
+    "SlurmBackfillSite",
+    "ending_nodes",
+    "owner_queue_from",
+    "walltime_s",
+]

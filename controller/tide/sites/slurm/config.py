@@ -49,6 +49,7 @@ class SlurmBackfillSiteConfig(SiteSettings):
         "back to the cluster's owners when they wait."
     )
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.DRAIN, Capability.OWNERS})
+    per_resource_tokens: ClassVar[bool] = True
     login: SshLoginConfig | None = Field(
         default=None,
         description="Reach Slurm over SSH through this login node. None (the default) runs "
@@ -109,7 +110,7 @@ class SlurmBackfillSiteConfig(SiteSettings):
     work_dir: str = Field(
         default=".tide",
         min_length=1,
-        description="Folder for the pilots' logs and the staged worker token (0700), "
+        description="Folder for the pilots' logs and their staged tokens (0700), "
         "relative to the submitting user's home on the cluster's shared file system.",
     )
     condor_config: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")], str] = Field(
@@ -204,6 +205,8 @@ class SlurmBackfillSiteConfig(SiteSettings):
             executor=executor,
             owner=owner,
             pool=pool,
-            worker_token_file=self.shared_token_file(),
+            worker_token_file=self.worker_token_file,
+            signing_key=self.signing_key(name),
+            boot_timeout_s=self.limits.boot_timeout_s,
             shape=site_model(name, self).shape,
         )
