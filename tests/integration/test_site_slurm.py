@@ -17,10 +17,10 @@ Slurm jobs - into the lab pool for grid jobs that only the site can run.
   engine whose socket the cluster's nodes have; an evacuated or killed
   pilot leaves no container behind.
 - Each pilot joins with a token of its own (the site has the workers'
-  signing key). A native pilot's jobs run as the pilot's user and can read
-  it (no private mount namespace yet), but it advertises nothing but that
-  pilot, and it lasts no longer than the pilot can: the staged copy is gone
-  once the pilot has read it.
+  signing key). A native pilot's jobs run as the pilot's user, in a mount
+  namespace of their own (bubblewrap) where they find no token; where a
+  node allows none, a job could read it, and it advertises nothing but
+  that pilot, for no longer than the pilot can live.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import pytest
 from tests import lab, slurm_lab
 from tests.integration.test_controller import Daemon, _secret, _submit
 from tests.integration.test_worker_tokens import _names, _present, _send, _slot, _withdraw
+from tests.pool import client
 from tests.probes import JWT
 from tide.htcondor import tokens
 from tide.sites.slurm.adapter import PILOT_TOKEN_MARGIN_S, walltime_s
@@ -344,35 +345,47 @@ _FIND_TOKENS = (
 )
 
 
-def test_a_pilots_own_token_advertises_nothing_but_its_pilot(tmp_path: Path) -> None:
+def _pilot_token(pilot: str) -> str:
+    """A running pilot's token, read from its work folder as its user (as a
+    job could where a node has no user namespaces)."""
+    out = slurm_lab.slurm("sh", "-c", 'cat ~/.tide/"$1"-*.out', "-", pilot)
+    match = re.search(r"started HTCondor \(master pid \d+\) in (/\S+)", out)
+    assert match, out
+    return slurm_lab.slurm("cat", f"{match.group(1)}/tokens/worker.token").strip()
+
+
+def test_a_pilots_own_token_is_hidden_from_its_jobs_and_advertises_nothing_else(
+    tmp_path: Path,
+) -> None:
     with _daemon(tmp_path) as d:
         cluster = _grid_jobs(d.site, 1, seconds=5)  # a pilot comes for it
         _until("the grid job done on a pilot", lambda: _done(cluster) == 1)
         (pilot,) = _pilots(d.site)
+        # The lab's nodes have bubblewrap and unprivileged user namespaces:
+        # a job runs in a mount namespace where the pilot's folder and the
+        # staged tokens are empty. It finds no token at all.
+        htcondor2 = client()
+        (ad,) = htcondor2.Collector(lab.COLLECTOR).query(
+            htcondor2.AdTypes.Startd,
+            constraint=f'TideResourceId == "{pilot}"',
+            projection=["TideJobNamespace"],
+        )
+        assert ad.get("TideJobNamespace") == "bubblewrap", ad
         job = lab.run_job(_FIND_TOKENS, on=pilot)
         assert job.output.rstrip().endswith("done"), job
-        found = dict(
-            line.split()[1:3] for line in job.output.splitlines() if line.startswith("FOUND ")
-        )
-        # The job runs as the pilot's user, so it finds its pilot's token in
-        # the pilot's work folder; the staged copy is gone. (It may find the
-        # staged tokens of pilots that never started, cancelled by earlier
-        # tests behind the controller's back: swept once they expire.)
-        assert found, job.output
-        assert not [path for path in found if path.endswith(f"/{pilot}.token")], found
-        for token in found.values():
-            payload = tokens.claims(token)["payload"]
-            assert payload["sub"].startswith("tide-worker-tide-"), payload
-            assert payload["scope"] == "condor:/ADVERTISE_STARTD condor:/ADVERTISE_MASTER"
-        mine = tokens.worker_identity(pilot, lab.POOL_DOMAIN)
-        token = next(t for t in found.values() if tokens.claims(t)["payload"]["sub"] == mine)
+        assert "FOUND " not in job.output, job.output
+        assert f"user {slurm_lab.PILOT_USER}\n" in job.output, job.output
+        # Where a node has none, a job could read the token: its bounds.
+        token = _pilot_token(pilot)
         payload = tokens.claims(token)["payload"]
+        assert payload["sub"] == tokens.worker_identity(pilot, lab.POOL_DOMAIN)
+        assert payload["scope"] == "condor:/ADVERTISE_STARTD condor:/ADVERTISE_MASTER"
         bound = 600 + walltime_s("01:00:00") + PILOT_TOKEN_MARGIN_S  # boot timeout: the default
         assert payload["exp"] - payload["iat"] == bound
         # What a job can do with it: nothing for any other machine...
         fake = f"tide-fake-{uuid.uuid4().hex[:8]}"
         refused = [_slot(f"slot1@{fake}", fake), _slot(f"slot2@{fake}", pilot)]
-        outputs = [_send(tmp_path, token, [ad], "UPDATE_STARTD_AD") for ad in refused]
+        outputs = [_send(tmp_path, token, [slot], "UPDATE_STARTD_AD") for slot in refused]
         # ... only what its pilot could (so the refusals are the collector's rule).
         _send(tmp_path, token, [_slot(f"slot9@{pilot}", pilot)], "UPDATE_STARTD_AD")
         try:

@@ -190,6 +190,12 @@ def test_the_pilot_script_is_valid_bash_and_holds_no_secret(tmp_path: Path) -> N
     assert settings["STARTD_NOCLAIM_SHUTDOWN"] == "600"
     assert "HasCvmfs" in settings["STARTD_ATTRS"].split()
     assert "TideSite" in settings["STARTD_ATTRS"].split()
+    # Every job through the wrapper, which runs it in a namespace of its own
+    # where the node allows (and says which it did).
+    assert settings["USER_JOB_WRAPPER"] == "$work/job-wrapper"
+    assert settings["TideJobNamespace"] == '"$namespace"'
+    assert "TideJobNamespace" in settings["STARTD_ATTRS"].split()
+    assert "\nUSER_CONFIG_FILE =\n" in script  # none from the home a job can write
 
 
 def test_a_pilot_with_cvmfsexec_wraps_every_job(tmp_path: Path) -> None:
@@ -203,9 +209,9 @@ def test_a_pilot_with_cvmfsexec_wraps_every_job(tmp_path: Path) -> None:
     script = site.script("tide-maxwell-0000abcd")
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
     settings = _settings(script)
-    assert settings["USER_JOB_WRAPPER"] == "$work/cvmfsexec-wrapper"
+    assert settings["USER_JOB_WRAPPER"] == "$work/job-wrapper"
     assert settings["TideCvmfsRepositories"] == '"sft.cern.ch,cms.cern.ch"'
-    assert "exec %q sft.cern.ch cms.cern.ch --" in script
+    assert "printf ' %q sft.cern.ch cms.cern.ch --' \"$cvmfsexec/cvmfsexec\"" in script
 
 
 def test_cvmfsexec_without_repositories_is_refused(tmp_path: Path) -> None:

@@ -36,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import yaml
+
 from tide.model import Shape
 
 OWNER_TAG = "tide-owner"
@@ -227,69 +229,121 @@ def classad_literal(value: str | bool | int | float) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def worker_attributes(
-    site: str, attributes: Mapping[str, str | bool | int | float]
-) -> dict[str, str]:
-    """The TIDE_ATTR_<Name> expressions of a site's workers, by name: the
-    configured attributes, except those the worker advertises from its own
-    settings, plus TideSite (Tide's name for the site), so a worker advertises
-    what the site's machine prototype promised the jobs.
+AttributeValue = str | bool | int | float
+"""A configured site attribute's value."""
+
+
+def worker_attribute_values(
+    site: str, attributes: Mapping[str, AttributeValue]
+) -> dict[str, AttributeValue]:
+    """The attributes a site's workers advertise, by name, as configured
+    values: the configured attributes, except those the worker advertises
+    from its own settings, plus TideSite (Tide's name for the site), so a
+    worker advertises what the site's machine prototype promised the jobs.
 
     Raises ValueError naming a bad attribute name or value."""
-    out: dict[str, str] = {}
+    out: dict[str, AttributeValue] = {}
     for name, value in sorted(attributes.items()):
         if not _CLASSAD_NAME.match(name):
             raise ValueError(f"attribute {name!r} is not a ClassAd attribute name")
         if name.lower() in _OWN_ATTRIBUTES:
             continue
         try:
-            out[name] = classad_literal(value)
+            classad_literal(value)
         except ValueError as exc:
             raise ValueError(f"attribute {name}: {exc}") from None
-    out["TideSite"] = classad_literal(site)
+        out[name] = value
+    out["TideSite"] = site
     return out
 
 
-def worker_environment(
-    *,
-    pool: PoolEndpoint,
-    resource_id: str,
-    site_name: str,
-    shape: Shape,
-    attributes: Mapping[str, str],
-    port: int | None = None,
-    bind_address: str = "",
-) -> dict[str, str]:
-    """The environment of a tide/condor worker a site starts (the image's
-    contract, images/condor/README.md; the condor_worker role sets the same):
-    one partitionable slot of `shape`, joined to `pool` as `resource_id`.
-    `attributes` are worker_attributes() expressions. Without `port` the
-    image's default shared port (9618) is used. The token is not in here:
-    the image reads it from a file."""
-    env = {
-        "TIDE_CONDOR_ROLES": "execute",
-        "TIDE_POOL_DOMAIN": pool.pool_domain,
-        "TIDE_COLLECTOR": pool.collector,
-        "TIDE_NODE_NAME": resource_id,
-        "TIDE_RESOURCE_ID": resource_id,
-        "TIDE_SITE_NAME": site_name,
-        "TIDE_CPUS": str(shape.cpus),
-        "TIDE_MEMORY_MB": str(shape.memory_mb),
-        "TIDE_DISK_MB": str(shape.disk_mb),
-    }
-    if port is not None:
-        env["TIDE_PORT"] = str(port)
-    if bind_address:
-        env["TIDE_BIND_ADDRESS"] = bind_address
-    for name, expression in attributes.items():
-        env[f"TIDE_ATTR_{name}"] = expression
-    return env
+def worker_attributes(site: str, attributes: Mapping[str, AttributeValue]) -> dict[str, str]:
+    """worker_attribute_values() as ClassAd expressions (TIDE_ATTR_<Name>
+    takes these; a native pilot's configuration too). Raises ValueError."""
+    values = worker_attribute_values(site, attributes)
+    return {name: classad_literal(value) for name, value in values.items()}
+
+
+WORKER_ROLE = "condor_worker"
+"""The role whose templates and defaults are the worker recipe."""
+
+WORKER_RECIPE_HEADER = "Written by the Tide controller from the condor_worker role's recipe."
+"""The `ansible_managed` header of the worker files the controller renders."""
+
+
+@dataclass(frozen=True)
+class WorkerRecipe:
+    """One worker, as the condor_worker role makes it: rendered from the
+    role's own template and defaults (tide.onboard.recipe: byte for byte
+    what the role writes on a provider host, bar its header), so a Docker
+    site's containers, an OpenStack server's compose project and a Docker
+    pilot's container are all the role's worker, changed in one place.
+
+    One partitionable slot of `shape`, joined to `pool` as `resource_id`,
+    advertising SiteName `site_name` and the attributes configured for
+    Tide's site `site` (worker_attribute_values picks them). Without
+    `port`, the image's default (9618, the role's too)."""
+
+    pool: PoolEndpoint
+    resource_id: str
+    site: str
+    site_name: str
+    shape: Shape
+    attributes: Mapping[str, AttributeValue]
+    port: int | None = None
+    bind_address: str = ""
+    drain_url: str = ""
+
+    def compose(self, image: str = "") -> str:
+        """The worker's compose project (compose.yaml) running `image`.
+        Raises ValueError naming a bad attribute."""
+        from tide.onboard import recipe  # noqa: PLC0415  (jinja2 and the role files, when used)
+
+        variables: dict[str, object] = {
+            "ansible_managed": WORKER_RECIPE_HEADER,
+            "inventory_hostname": self.resource_id,
+            "condor_worker_pool_domain": self.pool.pool_domain,
+            "condor_worker_collector": self.pool.collector,
+            "condor_worker_node_name": self.resource_id,
+            "condor_worker_resource_id": self.resource_id,
+            "condor_worker_site_name": self.site_name,
+            "condor_worker_site_attributes": worker_attribute_values(self.site, self.attributes),
+            "condor_worker_cpus": self.shape.cpus,
+            "condor_worker_memory_mb": self.shape.memory_mb,
+            "condor_worker_disk_mb": self.shape.disk_mb,
+            "condor_worker_bind_address": self.bind_address,
+            "condor_worker_drain_url": self.drain_url,
+            "condor_worker_image": image,
+            "condor_worker_port": self.port,  # None: the image's default
+        }
+        return recipe.render(WORKER_ROLE, "compose.yaml.j2", variables)
+
+    def site_conf(self, condor_config: Mapping[str, str] | None = None) -> str:
+        """The worker's condor.d/site.conf: `condor_config` (HTCondor
+        settings), read after the image's own files."""
+        from tide.onboard import recipe  # noqa: PLC0415
+
+        variables = {
+            "ansible_managed": WORKER_RECIPE_HEADER,
+            "inventory_hostname": self.resource_id,
+            "condor_worker_condor_config": dict(condor_config or {}),
+        }
+        return recipe.render(WORKER_ROLE, "site.conf.j2", variables)
+
+    def environment(self) -> dict[str, str]:
+        """The worker container's environment (the tide/condor image's
+        contract, images/condor/README.md): the worker service's in
+        compose(). The token is not in here: the image reads it from a
+        file. Raises ValueError naming a bad attribute."""
+        environment = yaml.safe_load(self.compose())["services"]["condor"]["environment"]
+        return {str(name): str(value) for name, value in environment.items()}
 
 
 __all__ = [
     "OWNER_TAG",
     "RESOURCE_ID_TAG",
     "SITE_TAG",
+    "AttributeValue",
     "Capability",
     "DeadlineExceeded",
     "Owned",
@@ -299,8 +353,9 @@ __all__ = [
     "SiteAdapter",
     "SiteError",
     "Unsupported",
+    "WorkerRecipe",
     "classad_literal",
+    "worker_attribute_values",
     "worker_attributes",
-    "worker_environment",
     "worker_site_name",
 ]

@@ -1,7 +1,8 @@
 """Docker site: each resource is one worker container of the tide/condor image
 on a Docker engine (the demo's site, and fat nodes), set up the way the
 condor_worker role's compose project sets up a worker: the TIDE_* settings
-in its environment, the worker token as a read-only file at
+in its environment (rendered from the role's own compose template:
+tide.sites.base.WorkerRecipe), the worker token as a read-only file at
 /run/secrets/token, restarted unless stopped, the image's health check.
 
 The daemon hands in how to make the client (`engine_client`: the engine's
@@ -79,8 +80,8 @@ from tide.sites.base import (
     QuotaExceeded,
     SiteAdapter,
     SiteError,
-    worker_attributes,
-    worker_environment,
+    WorkerRecipe,
+    worker_attribute_values,
     worker_site_name,
 )
 from tide.sites.docker.config import DockerSiteConfig
@@ -192,7 +193,7 @@ class DockerSite(SiteAdapter):
                     retryable=False,
                 )
         try:
-            self._attributes = worker_attributes(name, config.attributes)
+            worker_attribute_values(name, config.attributes)  # a bad one fails now
         except ValueError as exc:
             raise SiteError(
                 f"site {name}: sites.{name}.attributes: {exc}", retryable=False
@@ -425,15 +426,16 @@ class DockerSite(SiteAdapter):
     # --- helpers ------------------------------------------------------------
 
     def _environment(self, resource_id: str, port: int) -> dict[str, str]:
-        return worker_environment(
+        return WorkerRecipe(
             pool=self._pool,
             resource_id=resource_id,
+            site=self.name,
             site_name=self._site_name,
             shape=self._shape,
-            attributes=self._attributes,
+            attributes=self._config.attributes,
             port=port,
             bind_address=self._config.bind_address,
-        )
+        ).environment()
 
     def _free_port(self) -> int:
         """The lowest port of the range no Tide worker container on the engine holds."""

@@ -1,7 +1,7 @@
 """OpenStack site: each resource is a Nova server whose cloud-init user data
 starts the worker container (the compose project the condor_worker role
-writes), through openstacksdk's proxy layer (conn.compute, conn.image,
-conn.network).
+writes, rendered from the role's own templates: tide.sites.base.WorkerRecipe),
+through openstacksdk's proxy layer (conn.compute, conn.image, conn.network).
 
 The daemon makes the connection (`openstack.connect(cloud=config.cloud,
 api_timeout=API_TIMEOUT_S)`) and hands it in, so tests pass a double and
@@ -70,8 +70,8 @@ from tide.sites.base import (
     QuotaExceeded,
     SiteAdapter,
     SiteError,
+    WorkerRecipe,
     worker_attributes,
-    worker_environment,
     worker_site_name,
 )
 from tide.sites.docker.config import DockerSiteConfig
@@ -383,6 +383,15 @@ class OpenStackSite(SiteAdapter):
         """The rendered template, base64-encoded: the proxy layer sends
         Server.user_data as given, and Nova requires base64."""
         shape = self._config.shape
+        recipe = WorkerRecipe(
+            pool=self._pool,
+            resource_id=resource_id,
+            site=self.name,
+            site_name=self._site_name,
+            shape=Shape(shape.cpus, shape.memory_mb, shape.disk_mb),
+            attributes=self._config.attributes,
+            drain_url=METADATA_URL,
+        )
         try:
             text = self._template.render(
                 resource_id=resource_id,
@@ -395,16 +404,9 @@ class OpenStackSite(SiteAdapter):
                 memory_mb=shape.memory_mb,
                 disk_mb=shape.disk_mb,
                 attributes=self._attributes,
-                environment={
-                    **worker_environment(
-                        pool=self._pool,
-                        resource_id=resource_id,
-                        site_name=self._site_name,
-                        shape=Shape(shape.cpus, shape.memory_mb, shape.disk_mb),
-                        attributes=self._attributes,
-                    ),
-                    "TIDE_DRAIN_URL": METADATA_URL,
-                },
+                environment=recipe.environment(),
+                compose=recipe.compose(self._worker_image),
+                site_conf=recipe.site_conf(),
                 token=self._token,
             )
         except jinja2.TemplateError as exc:

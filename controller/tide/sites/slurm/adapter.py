@@ -94,9 +94,9 @@ from tide.sites.base import (
     PoolEndpoint,
     SiteAdapter,
     SiteError,
+    WorkerRecipe,
     classad_literal,
     worker_attributes,
-    worker_environment,
     worker_site_name,
 )
 from tide.sites.slurm.config import SlurmBackfillSiteConfig
@@ -389,13 +389,14 @@ class SlurmBackfillSite(SiteAdapter):
         settings as HTCondor `_CONDOR_` overrides. No shared port: every
         pilot on a node (or on one engine) picks its own ports, and CCB
         reaches them through the collector."""
-        env = worker_environment(
+        env = WorkerRecipe(
             pool=self._pool,
             resource_id=resource_id,
+            site=self.name,
             site_name=self._site_name,
             shape=self._shape,
-            attributes=self._attributes,
-        )
+            attributes=self._config.attributes,
+        ).environment()
         env["_CONDOR_USE_SHARED_PORT"] = "False"
         # As in the native pilot: without a shared port, the collector
         # rejects the session the master and the startd would share.
