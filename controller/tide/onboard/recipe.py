@@ -110,17 +110,24 @@ def resolve(variables: Mapping[str, Any]) -> dict[str, Any]:
     raise RecipeError(f"variables refer to each other in a loop: {sorted(pending)}")
 
 
+@cache
+def _compiled(text: str) -> jinja2.Template:
+    """A template, compiled once (the controller renders the worker's for
+    every resource it creates)."""
+    return _environment().from_string(text)
+
+
 def render(role: str, template: str, variables: Mapping[str, Any]) -> str:
     """The role's templates/`template` rendered with its defaults, overridden
     by `variables`, and `ansible_managed` = MANAGED."""
     path = roles_root().joinpath(role, "templates", template)
     try:
-        text = path.read_text("utf-8")
+        compiled = _compiled(path.read_text("utf-8"))
     except FileNotFoundError:
         raise RecipeError(f"role {role} has no template {template}") from None
     context = resolve({**role_defaults(role), "ansible_managed": MANAGED, **variables})
     try:
-        return _environment().from_string(text).render(context)
+        return compiled.render(context)
     except jinja2.UndefinedError as exc:
         raise RecipeError(f"role {role}, template {template}: {exc.message}") from None
 

@@ -335,7 +335,9 @@ class WorkerRecipe:
         contract, images/condor/README.md): the worker service's in
         compose(). The token is not in here: the image reads it from a
         file. Raises ValueError naming a bad attribute."""
-        environment = yaml.safe_load(self.compose())["services"]["condor"]["environment"]
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where built
+        document = yaml.load(self.compose(), Loader=loader)  # noqa: S506  (a safe loader)
+        environment = document["services"]["condor"]["environment"]
         return {str(name): str(value) for name, value in environment.items()}
 
 
