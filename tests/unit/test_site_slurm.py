@@ -529,10 +529,17 @@ def test_the_token_is_written_0600_and_taken_back_if_sbatch_fails(tmp_path: Path
     assert stdin is not None
     token_file = tmp_path / "own.token"
     sh, dash_c, command, name = argv[:4]
+    assert argv[5] == str((300 + PILOT_TOKEN_MARGIN_S) // 60 + 1)  # the orphans' age
+    # An orphan (its pilot cancelled behind the controller's back) is swept
+    # on the way; a token staged a moment ago for another pilot is not.
+    orphan, fresh = tmp_path / "tide-maxwell-old.token", tmp_path / "tide-maxwell-new.token"
+    for path in (orphan, fresh):
+        path.write_text("x\n")
+    os.utime(orphan, (time.time() - 20 * 60, time.time() - 20 * 60))
     for exit_code in (0, 3):
         stand_in = f'cat > "{tmp_path}/script"; echo 4242; exit {exit_code}'
         done = subprocess.run(
-            [sh, dash_c, command, name, str(token_file), "sh", "-c", stand_in],
+            [sh, dash_c, command, name, str(token_file), "11", "sh", "-c", stand_in],
             input=stdin,
             text=True,
             capture_output=True,
@@ -546,6 +553,8 @@ def test_the_token_is_written_0600_and_taken_back_if_sbatch_fails(tmp_path: Path
             token_file.unlink()
         else:
             assert not token_file.exists()
+    assert not orphan.exists()
+    assert fresh.exists()
 
 
 def test_a_destroyed_pilots_token_is_removed_and_stale_ones_swept(tmp_path: Path) -> None:
@@ -555,7 +564,7 @@ def test_a_destroyed_pilots_token_is_removed_and_stale_ones_swept(tmp_path: Path
     commands = [argv for argv, _ in executor.calls]
     assert commands[-1] == ("rm", "-f", "--", "/home/tide/.tide/tokens/tide-maxwell-0000abcd.token")
     (stage,) = [argv for argv in commands if argv[0] == "sh"]
-    minutes = (300 + 12 * 3600 + PILOT_TOKEN_MARGIN_S) // 60 + 1
+    minutes = (300 + PILOT_TOKEN_MARGIN_S) // 60 + 1  # the boot timeout and the margin
     assert f"-mmin +{minutes} -delete" in stage[2]
     assert "rm -f worker.token" in stage[2]  # no shared token left from before
 

@@ -37,7 +37,8 @@ minutes at most and is never renewed. It travels on the executor's stdin in
 the same command that submits the pilot, is written 0600 into `work_dir`/
 tokens/<resource>.token (0700 folders), removed again if sbatch fails, by
 the pilot once it has read it, and by destroy (a pilot cancelled while
-queued); stale ones are swept when the folder is first made. Otherwise
+queued); one left longer than the boot timeout plus the margin (a pilot
+cancelled behind the controller's back) is swept by the next submission. Otherwise
 the site's shared worker token is staged once (`work_dir`/worker.token,
 0600 in a 0700 folder). Either way a token is never on a command line and
 the script itself holds no secret.
@@ -143,9 +144,13 @@ TOKENS_DIR = "tokens"
 
 # The pilot's own token is the first line of stdin (never an argument), the
 # batch script the rest, which sbatch reads: one round trip, and no token
-# left behind by a submission that failed. $1: the token's file.
+# left behind by a submission that failed. $1: the token's file; $2: the
+# age in minutes past which a staged token is an orphan (its pilot started
+# and took it, or was cancelled), swept on the way.
 _STAGE_AND_SUBMIT = (
-    'umask 077; f=$1; shift; IFS= read -r t || exit 2; printf "%s\\n" "$t" >"$f" || exit 2; '
+    'umask 077; f=$1; m=$2; shift 2; mkdir -p -- "${f%/*}" || exit 2; '
+    'find "${f%/*}" -type f -name "*.token" -mmin "+$m" -delete; '
+    'IFS= read -r t || exit 2; printf "%s\\n" "$t" >"$f" || exit 2; '
     'unset t; "$@"; rc=$?; [ "$rc" -eq 0 ] || rm -f -- "$f"; exit "$rc"'
 )
 
@@ -186,6 +191,9 @@ class SlurmBackfillSite(SiteAdapter):
         self._token_lifetime_s = int(
             boot_timeout_s + walltime_s(config.walltime) + PILOT_TOKEN_MARGIN_S
         )
+        # A staged token not taken by then is an orphan: its pilot would have
+        # started by its boot timeout, or been cancelled.
+        self._orphan_minutes = int(boot_timeout_s + PILOT_TOKEN_MARGIN_S) // 60 + 1
         self._shape = shape
         self._tags = f"{OWNER_TAG}={owner} {SITE_TAG}={name}"
         self._work_dir: str | None = None  # absolute, on the cluster, once staged
@@ -248,6 +256,7 @@ class SlurmBackfillSite(SiteAdapter):
                 _STAGE_AND_SUBMIT,
                 "tide-submit",
                 self._own_token(resource_id),
+                str(self._orphan_minutes),
                 *argv,
             ]
             stdin = f"{token}\n{stdin}"
@@ -414,8 +423,8 @@ class SlurmBackfillSite(SiteAdapter):
     def _staged(self) -> str:
         """The cluster-side work folder (0700), made once per controller
         start (and again after a failure): with the shared worker token in
-        it, or with the folder of the pilots' own tokens, swept of those
-        older than a pilot's token lives (and of a shared token)."""
+        it, or with the folder of the pilots' own tokens, swept of orphans
+        (and of a shared token)."""
         if self._work_dir is not None:
             return self._work_dir
         stdin = None
@@ -434,11 +443,11 @@ class SlurmBackfillSite(SiteAdapter):
                 ) from None
             script += "cat > worker.token.new && mv -f worker.token.new worker.token && pwd"
         else:
-            minutes = self._token_lifetime_s // 60 + 1
             # A shared token staged before the site had the signing key goes.
             script += (
                 f"rm -f worker.token && mkdir -p {TOKENS_DIR} && chmod 700 {TOKENS_DIR} && "
-                f"find {TOKENS_DIR} -type f -name '*.token' -mmin +{minutes} -delete && pwd"
+                f"find {TOKENS_DIR} -type f -name '*.token' -mmin +{self._orphan_minutes} "
+                "-delete && pwd"
             )
         done = self._run(
             ["sh", "-c", script, "tide-stage", self._config.work_dir],
