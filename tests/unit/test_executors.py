@@ -564,15 +564,13 @@ def test_ssh_key_content_never_in_errors_or_logs(
     keys: Keys, server: SshServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("DEBUG")
-    secret_lines = keys.key_file.read_text().splitlines()[1:-1]
+    envelope_start, *secret_lines, envelope_end = keys.key_file.read_text().splitlines()
     messages = []
     with SshExecutor(make_target(keys, server.port)) as executor:
         executor.run(["true"]).check()
-        # An unusable key file: garbage in the OpenSSH envelope.
+        # An unusable key file: garbage in the key's own OpenSSH envelope.
         keys.key_file.write_text(
-            "-----BEGIN OPENSSH PRIVATE KEY-----\n"
-            + "\n".join(secret_lines[:-1])
-            + "\n-----END OPENSSH PRIVATE KEY-----\n"
+            "\n".join([envelope_start, *secret_lines[:-1], envelope_end]) + "\n"
         )
         server.drop_connections()
         messages.append(str(poll("a key error", lambda: _key_error(executor))))

@@ -530,10 +530,12 @@ def _malformed_line(number: int, line: str, expected: str) -> str:
 
 
 def walltime_s(walltime: str) -> int:
-    """Seconds of a [D-]HH:MM:SS walltime (the form the configuration takes)."""
-    days, _, clock = walltime.rpartition("-")
-    hours, minutes, seconds = (int(part) for part in clock.split(":"))
-    return int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
+    """Seconds of a [D-]HH:MM:SS walltime (the form the configuration takes;
+    Slurm's time format, as squeue prints it). Raises ValueError for a word."""
+    seconds = _time_left_s(walltime)
+    if seconds is None:
+        raise ValueError(f"{walltime!r} is not a time limit")
+    return seconds
 
 
 def _is_number(text: str) -> bool:
