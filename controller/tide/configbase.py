@@ -188,15 +188,14 @@ class SiteSettings(Model):
     worker_token_file: FilePath | None = Field(
         default=None,
         description="IDTOKEN handed to every worker of the site to join the pool (one token "
-        "shared by them all); a path only. Required, except at a kind that gives each worker "
-        "a token of its own (worker_signing_key_file instead).",
+        "shared by them all); a path only. Required unless worker_signing_key_file is set.",
     )
     worker_signing_key_file: FilePath | None = Field(
         default=None,
         description="The pool's workers' signing key (the central_manager role fetches it as "
         "workers_signing_key, 0600): each worker gets a token of its own, minted by the "
         "controller, naming it alone and expiring (worker_token_lifetime_s). Instead of "
-        "worker_token_file, at kinds that can hand it over (docker, slurm_backfill).",
+        "worker_token_file.",
     )
     worker_token_lifetime_s: int = Field(
         default=86400,
@@ -207,29 +206,15 @@ class SiteSettings(Model):
         "destroyed worker stops working within it. A Slurm pilot's token is not renewed: "
         "it lasts the site's boot timeout plus the walltime plus 10 minutes.",
     )
-    per_resource_tokens: ClassVar[bool] = False
-    """Whether the kind's adapter hands each worker a token of its own."""
 
     @model_validator(mode="after")
     def _worker_credential(self) -> Self:
         token, key = self.worker_token_file, self.worker_signing_key_file
-        if key is not None and not self.per_resource_tokens:
-            raise PydanticCustomError(
-                "worker_credential",
-                "worker_signing_key_file: this kind cannot hand each worker a token of its "
-                "own yet; set worker_token_file (the pool's shared worker token)",
-                {},
-            )
         if token is None and key is None:
             raise PydanticCustomError(
                 "worker_credential",
                 "worker_token_file is required: the IDTOKEN the site's workers join the pool "
-                "with"
-                + (
-                    " (or worker_signing_key_file, to give each worker a token of its own)"
-                    if self.per_resource_tokens
-                    else ""
-                ),
+                "with (or worker_signing_key_file, to give each worker a token of its own)",
                 {},
             )
         if token is not None and key is not None:
@@ -241,7 +226,7 @@ class SiteSettings(Model):
         return self
 
     def shared_token_file(self) -> Path:
-        """The shared worker token (kinds without per-resource tokens always have one)."""
+        """The shared worker token (a site without a signing key always has one)."""
         if self.worker_token_file is None:  # the validator above makes this unreachable
             raise ValueError("no worker_token_file")
         return self.worker_token_file

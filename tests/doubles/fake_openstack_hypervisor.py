@@ -18,6 +18,13 @@ write_files key other than path/content/permissions/owner, fails the boot):
   TIDE_DRAIN_URL, the fake's metadata service for this server (a real
   server reads 169.254.169.254, which knows it by its address).
 
+- `iptables` commands blocking the metadata service (`-d 169.254.169.254`)
+  block the fake's instead (`-d 127.0.0.1 -p tcp --dport <its port>`), in
+  the lab host's network namespace, which every server shares; each
+  server's copy of the rule goes when the server does (`-D`), and cleanup
+  removes every rule commented tide-metadata-guard. `ip6tables` commands
+  are skipped: the fake serves no IPv6 metadata.
+
 DEVIATIONS, because every "server" shares the lab host's network namespace
 (the lab hosts use the machine's network): a cloud gives each server its own
 address, here each gets its own port instead (the override); a shell-string
@@ -35,6 +42,7 @@ import shlex
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -47,6 +55,8 @@ PORTS = range(29730, 29740)
 BIND_ADDRESS = "127.0.0.1"
 OVERRIDE = "fake-nova-override.yaml"
 COMMAND_TIMEOUT_S = 300
+METADATA_ADDRESS = "169.254.169.254"
+GUARD_COMMENT = "tide-metadata-guard"
 NO_VALID_HOST = "No valid host was found. There are not enough hosts available."
 _FILE_KEYS = frozenset({"path", "content", "permissions", "owner"})
 _WRITE = (
@@ -144,6 +154,7 @@ class LabHostHypervisor:
         self.ports: dict[str, int] = {}  # server id -> its worker port
         self._lock = threading.Lock()
         self.metadata_base = ""  # the fake's metadata service, per server below it
+        self._guards: dict[str, list[list[str]]] = {}  # server id -> its iptables rules
 
     def use_metadata_service(self, base: str) -> None:
         self.metadata_base = base
@@ -157,13 +168,19 @@ class LabHostHypervisor:
         for f in config.write_files:
             self._write(paths.path(f.path), f.content, f.owner, f.permissions)
         for command in config.runcmd:
-            self._run(server_id, self._placed(server_id, command, paths, config, port))
+            argv = self._placed(server_id, command, paths, config, port)
+            if argv:
+                self._run(server_id, argv)
 
     def destroy(self, server_id: str) -> None:
         project = PROJECT_PREFIX + server_id
         self._on_host("docker", "compose", "-p", project, "kill", "-s", "SIGKILL")
         self._on_host("docker", "compose", "-p", project, "down", "-v", "--timeout", "0")
         self._on_host("rm", "-rf", f"{ROOT}/{server_id}")
+        with self._lock:
+            guards = self._guards.pop(server_id, [])
+        for rule in guards:
+            lab.run(["docker", "exec", self.host, *rule], check=False)
         with self._lock:
             port = self.ports.pop(server_id, None)
             if port is not None:
@@ -182,11 +199,16 @@ class LabHostHypervisor:
             docker volume ls -q | grep '^{PROJECT_PREFIX}' | xargs -r docker volume rm -f
             docker network ls -q --filter name={PROJECT_PREFIX} | xargs -r docker network rm
             rm -rf {ROOT}
+            if command -v iptables >/dev/null; then
+                iptables -w -S OUTPUT | grep -F -- '--comment {GUARD_COMMENT}' \
+                    | sed 's/^-A /-D /' | xargs -r -L1 iptables -w
+            fi
         """
         self._on_host("sh", "-c", script)
         with self._lock:
             self._free.extend(self.ports.values())
             self.ports.clear()
+            self._guards.clear()
 
     def projects(self) -> list[str]:
         """The fakeos-* compose projects on the host, running or not."""
@@ -212,12 +234,15 @@ class LabHostHypervisor:
         port: int,
     ) -> list[str]:
         """The command as it runs on the host: paths mapped, compose placed in
-        the server's project with the override file (written now)."""
+        the server's project with the override file (written now), the
+        metadata guard aimed at the fake's service; [] for one to skip."""
         if isinstance(command, str):
             if "compose" in command:
                 raise BootFailed("runcmd: a shell string running compose cannot be placed")
             return ["sh", "-c", paths.text(command)]
         argv = [paths.text(arg) for arg in command]
+        if argv[0] in ("iptables", "ip6tables"):
+            return self._guard(server_id, argv)
         if argv[:2] != ["docker", "compose"]:
             if any("compose" in arg for arg in argv):
                 raise BootFailed(f"runcmd: cannot place {shlex.join(command)}")
@@ -236,6 +261,21 @@ class LabHostHypervisor:
         last = max(i for i in range(2, len(argv) - 1) if argv[i] in ("-f", "--file")) + 2
         project = PROJECT_PREFIX + server_id
         return ["docker", "compose", "-p", project, *argv[2:last], "-f", override, *argv[last:]]
+
+    def _guard(self, server_id: str, argv: list[str]) -> list[str]:
+        """An iptables rule of the server's, aimed at the fake's metadata
+        service and remembered for the server's delete; [] to skip it."""
+        if argv[0] == "ip6tables" or not self.metadata_base:
+            return []
+        if "-I" not in argv or METADATA_ADDRESS not in argv:
+            raise BootFailed(f"runcmd: the fake runs only metadata guards: {shlex.join(argv)}")
+        at = argv.index(METADATA_ADDRESS)
+        port = urlsplit(self.metadata_base).port or 80
+        placed = [*argv[:at], "127.0.0.1", "-p", "tcp", "--dport", str(port), *argv[at + 1 :]]
+        remove = ["-D" if arg == "-I" else arg for arg in placed]
+        with self._lock:
+            self._guards.setdefault(server_id, []).append(remove)
+        return placed
 
     def _write(self, path: str, content: str, owner: str, mode: str) -> None:
         proc = lab.run(

@@ -17,15 +17,20 @@ networking) is listed in controller/README.md.
 from __future__ import annotations
 
 import base64
+import http.server
 import os
+import re
 import signal
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 import pytest
+import requests
 import yaml
 
 from tests import lab
@@ -36,6 +41,14 @@ from tests.doubles.fake_openstack_hypervisor import (
     ROOT,
     LabHostHypervisor,
 )
+from tests.integration.test_worker_tokens import assert_advertises_only_its_own
+from tests.pool import client
+from tests.probes import CREDENTIAL_SEARCH, JWT, assert_no_token_found
+from tests.sampler import SecretSampler
+from tide.htcondor import tokens
+from tide.sites.base import PoolEndpoint
+from tide.sites.openstack.adapter import BOOT_TOKEN_MARGIN_S, TOKEN_CHUNKS, TOKEN_KEY
+from tide.sites.openstack.config import OpenStackSiteConfig
 
 SITE = "fakeos"
 CLOUD = "fake"
@@ -69,8 +82,16 @@ def _write_secret(path: Path, text: str) -> Path:
     return path
 
 
-def _config(tmp: Path, cloud: FakeOpenStack, owner: str, limits: str) -> Path:
+def _config(
+    tmp: Path, cloud: FakeOpenStack, owner: str, limits: str, *, keyed: bool = False
+) -> Path:
+    """The daemon's configuration: the site hands out the shared worker
+    token, or (`keyed`) mints each server tokens with the workers' key."""
     token = _write_secret(tmp / "token", (lab.STATE / "secrets" / "worker.token").read_text())
+    key = tmp / "workers_signing_key"
+    key.write_bytes((lab.STATE / "secrets" / "workers_signing_key").read_bytes())
+    key.chmod(0o600)
+    credential = f"worker_signing_key_file: {key}" if keyed else f"worker_token_file: {token}"
     p = cloud.project
     return lab.controller_config(
         tmp,
@@ -86,7 +107,7 @@ def _config(tmp: Path, cloud: FakeOpenStack, owner: str, limits: str) -> Path:
                 key_name: {p.keypairs[0].name}
                 security_groups: [{p.security_groups[1].name}]
                 metadata: {{purpose: tide-test}}
-                worker_token_file: {token}
+                {credential}
                 shape: {{cpus: 2, memory_mb: 1024, disk_mb: 2048}}
                 attributes: {{SiteName: FAKE-CLOUD}}
                 limits: {limits}
@@ -152,11 +173,20 @@ def _containers(server_id: str) -> list[str]:
     return lab.on_host(lab.CM_HOST, *argv).stdout.split()
 
 
-def _check_create_request(create: Recorded, cloud: FakeOpenStack, owner: str) -> str:
+def _metadata_token(meta: dict[str, str]) -> str:
+    return "".join(meta.get(f"{TOKEN_KEY}{i}", "") for i in range(TOKEN_CHUNKS))
+
+
+def _check_create_request(
+    create: Recorded, cloud: FakeOpenStack, owner: str, *, keyed: bool = False
+) -> str:
     """The create request as the site must make it; returns the resource id."""
     server = create.body["server"]
-    meta = server["metadata"]
+    meta = dict(server["metadata"])
     rid = meta["tide-resource-id"]
+    working = _metadata_token(meta)
+    for i in range(TOKEN_CHUNKS):
+        meta.pop(f"{TOKEN_KEY}{i}", None)
     assert meta == {
         "purpose": "tide-test",  # the configured metadata, and the ownership tags
         "tide-owner": owner,
@@ -174,8 +204,21 @@ def _check_create_request(create: Recorded, cloud: FakeOpenStack, owner: str) ->
     user_data = base64.b64decode(server["user_data"], validate=True).decode()
     assert user_data.startswith("#cloud-config\n")
     assert f'TIDE_RESOURCE_ID: "{rid}"' in user_data
-    token = (lab.STATE / "secrets" / "worker.token").read_text().strip()
-    assert token in user_data  # the user data is where the token goes, and nowhere else
+    shared = (lab.STATE / "secrets" / "worker.token").read_text().strip()
+    if not keyed:
+        assert shared in user_data  # the user data is where the token goes, and nowhere else
+        assert working == ""
+        return str(rid)
+    # A boot token of the server's own in the user data, expiring with the
+    # boot timeout (180 s here) plus the margin; its working token in its
+    # metadata, valid a day (renewed there).
+    assert shared not in user_data
+    (boot,) = re.findall(JWT + r"[A-Za-z0-9_.-]*", user_data)
+    for token, lifetime in ((boot, 180 + BOOT_TOKEN_MARGIN_S), (working, 86400)):
+        payload = tokens.claims(token)["payload"]
+        assert payload["sub"] == tokens.worker_identity(rid, lab.POOL_DOMAIN)
+        assert payload["scope"] == " ".join(tokens.WORKER_SCOPES)
+        assert payload["exp"] - payload["iat"] == lifetime
     return str(rid)
 
 
@@ -187,24 +230,31 @@ def test_daemon_boots_a_fake_cloud_server_whose_worker_runs_jobs_then_deletes_it
         f"{{max_resources: 2, max_booting: 2, idle_timeout_s: {IDLE_TIMEOUT_S}, "
         "boot_timeout_s: 180}"
     )
-    config = _config(tmp_path, cloud, owner, limits)
-    daemon, log = _start(tmp_path, cloud, config)
+    config = _config(tmp_path, cloud, owner, limits, keyed=True)
+    key = (lab.STATE / "secrets" / "workers_signing_key").read_text().strip()
     cluster = ""
+    # The scale-up shows no token or key in any process's argv or
+    # environment (ps read every 0.2 s, all over this machine).
+    daemon, log = _start(tmp_path, cloud, config)
     try:
-        cluster = _submit(2)
-        lab.wait_for("a server created", lambda: bool(cloud.recorded(CREATE)), 60, 0.5)
-        create = cloud.recorded(CREATE)[0]
-        assert create.status == 202
-        rid = _check_create_request(create, cloud, owner)
-        (server,) = [s for s in cloud.servers() if s.name == rid]
-
-        lab.wait_for(f"the slot of {rid} to register", lambda: bool(_slots(rid)), 180)
+        with SecretSampler([key]) as seen:
+            cluster = _submit(2)
+            lab.wait_for("a server created", lambda: bool(cloud.recorded(CREATE)), 60, 0.5)
+            create = cloud.recorded(CREATE)[0]
+            assert create.status == 202
+            rid = _check_create_request(create, cloud, owner, keyed=True)
+            (server,) = [s for s in cloud.servers() if s.name == rid]
+            lab.wait_for(f"the slot of {rid} to register", lambda: bool(_slots(rid)), 180)
+        assert seen.samples > 0
+        assert seen.found == [], seen.found
         assert server.id in hypervisor.ports
         env = lab.on_host(
             lab.CM_HOST, "docker", "inspect", "-f", "{{json .Config.Env}}", *_containers(server.id)
         ).stdout
         assert f"TIDE_PORT={hypervisor.ports[server.id]}" in env
         assert f"TIDE_RESOURCE_ID={rid}" in env
+        assert JWT[:3] not in env
+        _check_server_token(tmp_path, cloud, config, server.id, rid)
 
         def hosts() -> list[str]:
             return _cm("condor_history", cluster, "-af", "LastRemoteHost")
@@ -369,8 +419,13 @@ def test_a_server_given_up_while_it_boots_takes_no_job_however_late_its_delete(
 
 
 def _drains_asked(cloud: FakeOpenStack) -> list[str]:
-    """The tide-drain values the controller set on servers, in order."""
-    return [r.body["metadata"]["tide-drain"] for r in cloud.recorded(METADATA)]
+    """The tide-drain values the controller set on servers, in order (other
+    metadata calls renew tokens)."""
+    return [
+        r.body["metadata"]["tide-drain"]
+        for r in cloud.recorded(METADATA)
+        if "tide-drain" in r.body["metadata"]
+    ]
 
 
 def test_daemon_survives_a_full_quota_and_retries(tmp_path: Path, cloud: FakeOpenStack) -> None:
@@ -432,9 +487,126 @@ def test_a_server_in_error_is_destroyed_at_once_and_backed_off(tmp_path: Path) -
     assert not cloud.unhandled()
 
 
+_METADATA_PROBE = (
+    "curl -sS --max-time 5 --noproxy '*' -o /dev/null {url} 2>/dev/null; echo metadata rc $?; "
+)
+"""A job's try at the metadata service: curl's exit code (7: refused)."""
+
+
+def _installed_token(server_id: str) -> tuple[str, str]:
+    """The worker's installed token and its mode and owner, read as root."""
+    (container,) = _containers(server_id)
+    argv = ["docker", "exec", container, "sh", "-c"]
+    path = "/etc/condor/tokens.d/tide"
+    out = lab.on_host(lab.CM_HOST, *argv, f"stat -c '%a %U' {path}; cat {path}").stdout
+    mode_owner, _, token = out.partition("\n")
+    return mode_owner, token.strip()
+
+
+def _check_server_token(
+    tmp: Path, cloud: FakeOpenStack, config: Path, server_id: str, rid: str
+) -> None:
+    """The server's working token came through its metadata and replaced the
+    boot token, no job finds it or reaches the metadata service, a renewal
+    reaches the worker, and the token advertises that server alone."""
+
+    def metadata_token() -> str:
+        (server,) = [s for s in cloud.servers() if s.id == server_id]
+        return _metadata_token(server.metadata)
+
+    working = metadata_token()
+    htcondor2 = client()
+    ads = htcondor2.Collector(lab.COLLECTOR).query(
+        htcondor2.AdTypes.Startd,
+        constraint=f'TideResourceId == "{rid}"',
+        projection=["AuthenticatedIdentity", "AuthenticationMethod"],
+    )
+    assert {(ad["AuthenticatedIdentity"], ad["AuthenticationMethod"]) for ad in ads} == {
+        (tokens.worker_identity(rid, lab.POOL_DOMAIN), "IDTOKENS")
+    }, [dict(ad) for ad in ads]
+    mode_owner, installed = _installed_token(server_id)
+    assert (mode_owner, installed == working) == ("600 root", True)
+    # A job finds no token, and the metadata service refuses it, while
+    # root on the same host (this test) still reads it: the guard's doing.
+    url = f"{cloud.project.base}/fake-metadata/{server_id}/openstack/latest/meta_data.json"
+    assert requests.get(url, timeout=10).status_code == 200
+    job = lab.run_job(_METADATA_PROBE.format(url=url) + CREDENTIAL_SEARCH, on=rid)
+    assert_no_token_found(job)
+    assert "metadata rc 7\n" in job.output, job.output
+    # A renewal (the controller's own call, made here at once rather than
+    # after half a day) reaches the worker through the metadata service.
+    settings = yaml.safe_load(config.read_text())["sites"][SITE]
+    site_config = OpenStackSiteConfig.model_validate(settings)
+    pool = PoolEndpoint(collector=lab.COLLECTOR, pool_domain=lab.POOL_DOMAIN)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OS_CLIENT_CONFIG_FILE", str(tmp / "clouds.yaml"))
+        site = site_config.build(SITE, owner=_owner_of(config), pool=pool)
+        site.renew_tokens([rid])
+    renewed = metadata_token()
+    assert renewed != working
+    lab.wait_for(
+        "the worker to install its renewed token",
+        lambda: _installed_token(server_id) == ("600 root", renewed),
+        30,
+    )
+    # What a stolen copy could do: advertise this server, nothing else.
+    assert_advertises_only_its_own(tmp, renewed, rid)
+
+
+def _owner_of(config: Path) -> str:
+    owner: str = yaml.safe_load(config.read_text())["loop"]["owner"]
+    return owner
+
+
 def _check_secrets_not_in(text: str, cloud: FakeOpenStack) -> None:
     token = (lab.STATE / "secrets" / "worker.token").read_text().strip()
     assert token not in text, "the worker token reached the daemon's log"
     for part in (part for part in token.split(".") if len(part) >= 8):
         assert part not in text, "a part of the worker token reached the daemon's log"
     assert cloud.project.password not in text, "the cloud password reached the daemon's log"
+    assert not re.search(JWT, text), "a token reached the daemon's log"
+
+
+def test_a_worker_whose_jobs_could_read_its_metadata_refuses_to_start() -> None:
+    """The worker's own check of the guard the user data sets up: with a
+    metadata service a slot user can read (no iptables rule for this one),
+    the entrypoint stops before HTCondor starts, naming the fix."""
+    with _http_service() as url:
+        argv = [
+            "docker", "run", "--rm", "--network", "host",
+            "-e", "TIDE_CONDOR_ROLES=execute", "-e", f"TIDE_POOL_DOMAIN={lab.POOL_DOMAIN}",
+            "-e", f"TIDE_COLLECTOR={lab.COLLECTOR}", "-e", "TIDE_SITE_NAME=LAB",
+            "-e", "TIDE_CPUS=1", "-e", f"TIDE_DRAIN_URL={url}",
+            "-e", "TIDE_SECRETS_DIR=/tmp", "--entrypoint", "sh", "tide/condor:0.1.0",
+            "-c", "echo x.y.z > /tmp/token && exec tide-entrypoint",
+        ]  # fmt: skip
+        run = lab.on_host(lab.CM_HOST, *argv, check=False)
+    assert run.returncode == 64, (run.stdout + run.stderr)[-2000:]
+    assert f"can read the metadata service {url}" in run.stderr, run.stderr[-2000:]
+    assert "block it for them first" in run.stderr
+
+
+@contextmanager
+def _http_service() -> Iterator[str]:
+    """A URL on 127.0.0.1 that answers anyone with 200 (a metadata service
+    without the guard), for as long as the context lasts."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"meta": {}}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/openstack/latest/meta_data.json"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -36,7 +36,7 @@ import pytest
 
 from tests import lab, slurm_lab
 from tests.integration.test_controller import Daemon, _secret, _submit
-from tests.integration.test_worker_tokens import _names, _present, _send, _slot, _withdraw
+from tests.integration.test_worker_tokens import assert_advertises_only_its_own
 from tests.pool import client
 from tests.probes import JWT
 from tide.htcondor import tokens
@@ -382,14 +382,5 @@ def test_a_pilots_own_token_is_hidden_from_its_jobs_and_advertises_nothing_else(
         assert payload["scope"] == "condor:/ADVERTISE_STARTD condor:/ADVERTISE_MASTER"
         bound = 600 + walltime_s("01:00:00") + PILOT_TOKEN_MARGIN_S  # boot timeout: the default
         assert payload["exp"] - payload["iat"] == bound
-        # What a job can do with it: nothing for any other machine...
-        fake = f"tide-fake-{uuid.uuid4().hex[:8]}"
-        refused = [_slot(f"slot1@{fake}", fake), _slot(f"slot2@{fake}", pilot)]
-        outputs = [_send(tmp_path, token, [slot], "UPDATE_STARTD_AD") for slot in refused]
-        # ... only what its pilot could (so the refusals are the collector's rule).
-        _send(tmp_path, token, [_slot(f"slot9@{pilot}", pilot)], "UPDATE_STARTD_AD")
-        try:
-            assert _present(f"slot9@{pilot}"), outputs
-            assert _names(f'TideResourceId == "{fake}" || regexp("@{fake}$", Name)') == []
-        finally:
-            _withdraw(f'Name == "slot9@{pilot}"')
+        # What a job can do with it: advertise its own pilot, nothing else.
+        assert_advertises_only_its_own(tmp_path, token, pilot)

@@ -126,6 +126,21 @@ def resources() -> Iterator[tuple[str, str]]:
         _withdraw(f'TideResourceId == "{rid}"')
 
 
+def assert_advertises_only_its_own(tmp: Path, token: str, resource: str) -> None:
+    """What a stolen copy of `resource`'s token can do: advertise a slot of
+    that resource (so the refusals are the collector's rule), and nothing
+    with another name or TideResourceId."""
+    fake = f"tide-fake-{uuid4().hex[:8]}"
+    refused = [_slot(f"slot1@{fake}", fake), _slot(f"slot2@{fake}", resource)]
+    outputs = [_send(tmp, token, [slot], "UPDATE_STARTD_AD") for slot in refused]
+    _send(tmp, token, [_slot(f"slot9@{resource}", resource)], "UPDATE_STARTD_AD")
+    try:
+        assert _present(f"slot9@{resource}"), outputs
+        assert _names(f'TideResourceId == "{fake}" || regexp("@{fake}$", Name)') == []
+    finally:
+        _withdraw(f'Name == "slot9@{resource}"')
+
+
 def _withdraw(constraint: str) -> None:
     """Startd ads out of the collector, with the controller's token."""
     htcondor2 = client(lab.STATE / "secrets" / "controller.token")

@@ -342,7 +342,7 @@ def test_a_docker_sites_worker_credential_is_one_of_two(
     assert any(named in e for e in errors), errors
 
 
-def test_a_kind_that_cannot_hand_over_a_token_refuses_a_signing_key(tmp_path: Path) -> None:
+def test_every_kind_may_mint_each_worker_a_token_instead(tmp_path: Path) -> None:
     text = textwrap.dedent(
         """\
         pool:
@@ -360,7 +360,6 @@ def test_a_kind_that_cannot_hand_over_a_token_refuses_a_signing_key(tmp_path: Pa
             network: tide
         """
     )
-    errors = _errors(tmp_path, text)
-    assert any("this kind cannot hand each worker a token of its own yet" in e for e in errors), (
-        errors
-    )
+    site = load_config(_write(tmp_path, text)).sites["cloud"]
+    assert (site.worker_token_file, site.worker_signing_key_file) == (None, Path("/k"))
+    assert site.secret_files() == [Path("/k")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -32,6 +33,8 @@ from tests.doubles.fake_openstack import FakeOpenStack
 from tests.doubles.fake_openstack_base import Reply
 from tests.unit.deadline import Silent, within
 from tide.config import OpenStackSiteConfig
+from tide.htcondor import tokens
+from tide.htcondor.tokens import SigningKey
 from tide.sites.base import (
     DeadlineExceeded,
     Owned,
@@ -988,3 +991,139 @@ def test_a_garbled_nova_listing_through_the_real_sdk_is_a_site_error(
         with pytest.raises(SiteError, match="site cloud: listing servers: ") as caught:
             site.list_owned()
     assert caught.value.retryable
+
+
+# --- servers' own tokens (worker_signing_key_file) ------------------------------
+
+
+def _keyed_site(
+    conn: Connection | FakeConnection, key: SigningKey, now: list[float], **config: Any
+) -> OpenStackSite:
+    return OpenStackSite(
+        "cloud",
+        _config(
+            worker_token_file=None,
+            worker_signing_key_file="/etc/tide/workers_signing_key",
+            **config,
+        ),
+        conn=cast(Connection, conn),
+        owner=OWNER,
+        pool=POOL,
+        signing_key=key,
+        token_lifetime_s=3600,
+        boot_timeout_s=300,
+        clock=lambda: now[0],
+    )
+
+
+def _metadata_token(meta: Mapping[str, str]) -> str:
+    return "".join(meta.get(f"{openstack_site.TOKEN_KEY}{i}", "") for i in range(4))
+
+
+def test_a_keyed_server_boots_with_a_short_token_and_gets_its_working_one_in_metadata() -> None:
+    key = SigningKey("tide-workers", os.urandom(32))
+    now = [1_000_000.0]
+    conn = FakeConnection()
+    site = _keyed_site(conn, key, now)
+    site.create(RID)
+    (create,) = conn.called("compute.create_server")
+    files = _files(yaml.safe_load(_user_data(conn)))
+    boot = files["/opt/tide/condor_worker/secrets/token"]["content"]
+    boot_claims = tokens.verify(key, boot)
+    assert boot_claims["sub"] == f"tide-worker-{RID}@{POOL.pool_domain}"
+    assert boot_claims["exp"] - boot_claims["iat"] == 300 + openstack_site.BOOT_TOKEN_MARGIN_S
+    meta = create["metadata"]
+    working = _metadata_token(meta)
+    claims = tokens.verify(key, working)
+    assert claims["sub"] == boot_claims["sub"]
+    assert claims["scope"] == " ".join(tokens.WORKER_SCOPES)
+    assert claims["exp"] - claims["iat"] == 3600
+    assert working not in _user_data(conn)  # the user data holds the boot token alone
+    assert all(len(v) <= 255 for v in meta.values())
+    assert meta["tide-owner"] == OWNER  # beside the ownership tags
+    assert site.tokens_due([RID], now[0] + 1799) == []
+    assert site.tokens_due([RID], now[0] + 1800) == [RID]
+    assert site.tokens_due(["unknown-since-a-restart"], now[0]) == ["unknown-since-a-restart"]
+    site.destroy(RID, {"server_id": "srv-1"})
+    assert site.tokens_due([RID], now[0]) == [RID]  # forgotten: no age known
+
+
+def test_the_user_data_keeps_slot_users_off_the_metadata_service_first() -> None:
+    conn = FakeConnection()
+    _site(conn).create(RID)
+    runcmd = yaml.safe_load(_user_data(conn))["runcmd"]
+    guard = runcmd[0]
+    assert guard[:4] == ["iptables", "-w", "-I", "OUTPUT"]
+    assert guard[guard.index("-d") + 1] == "169.254.169.254"
+    assert guard[guard.index("--uid-owner") + 1] == openstack_site.SLOT_UIDS == "62001-65534"
+    assert guard[-2:] == ["-j", "REJECT"]
+    assert runcmd[1][0] == "ip6tables"
+    assert runcmd[-1][:2] == ["docker", "compose"]  # the worker starts after the guard
+
+
+def test_a_token_goes_into_metadata_whole_or_not_at_all() -> None:
+    token = "eyJ" + "a" * 600
+    meta = openstack_site.token_metadata(token)
+    assert list(meta) == [f"tide-token-{i}" for i in range(4)]
+    assert _metadata_token(meta) == token
+    assert meta["tide-token-3"] == ""  # a shorter token clears what a longer one left
+    with pytest.raises(ValueError, match="does not fit"):
+        openstack_site.token_metadata("x" * 1021)
+
+
+def test_a_keyed_server_is_renewed_through_the_real_sdk_and_a_gone_one_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = SigningKey("tide-workers", os.urandom(32))
+    now = [1_000_000.0]
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenStack(InertHypervisor(), port=_free_port()) as cloud:
+        _clouds_yaml(tmp_path, monkeypatch, cloud.clouds_yaml("mycloud"))
+        import openstack  # noqa: PLC0415
+
+        conn = openstack.connect(cloud="mycloud", api_timeout=10)
+        site = _keyed_site(
+            conn,
+            key,
+            now,
+            image="debian-13-docker",
+            flavor="m1.small",
+            security_groups=["condor-worker"],
+        )
+        server_id = site.create(RID)["server_id"]
+        meta_url = f"{cloud.project.base}/fake-metadata/{server_id}/openstack/latest/meta_data.json"
+
+        def served() -> str:
+            return _metadata_token(requests.get(meta_url, timeout=10).json()["meta"])
+
+        first = served()
+        assert tokens.verify(key, first)["iat"] == 1_000_000
+        now[0] += 1800
+        site.renew_tokens([RID, "tide-cloud-gone"])
+        second = served()
+        assert second != first
+        assert tokens.verify(key, second)["iat"] == 1_000_000 + 1800
+        assert site.tokens_due([RID], now[0]) == []
+        assert site.tokens_due(["tide-cloud-gone"], now[0]) == ["tide-cloud-gone"]
+        meta = next(s for s in cloud.servers() if s.id == server_id).metadata
+        assert meta["tide-owner"] == OWNER
+    text = caplog.text
+    for token in (first, second):
+        for part in token.split("."):
+            assert part not in text
+
+
+def test_a_keyed_site_is_built_without_a_shared_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_file = tmp_path / "workers_signing_key"
+    key_file.write_bytes(os.urandom(32))
+    key_file.chmod(0o600)
+    from tide.assemble import build_adapter  # noqa: PLC0415
+
+    config = _config(worker_token_file=None, worker_signing_key_file=str(key_file))
+    with FakeOpenStack(InertHypervisor(), port=_free_port()) as cloud:
+        _clouds_yaml(tmp_path, monkeypatch, cloud.clouds_yaml("mycloud"))
+        site = build_adapter("cloud", config, owner=OWNER, pool=POOL)
+    assert isinstance(site, OpenStackSite)
+    assert site.tokens_due([RID], 0.0) == [RID]

@@ -131,6 +131,27 @@ class PoolEndpoint:
     pool_domain: str  # the pool's domain (TIDE_POOL_DOMAIN)
 
 
+class TokenAges:
+    """When each resource's own token was minted, for renewing it once half
+    its lifetime has passed. Held in memory only: after a restart every
+    resource is due at once, its token's age unknown."""
+
+    def __init__(self, lifetime_s: int) -> None:
+        self.lifetime_s = lifetime_s
+        self._minted: dict[str, float] = {}
+
+    def due(self, resource_ids: Sequence[str], now: float) -> list[str]:
+        half = self.lifetime_s / 2
+        return [r for r in resource_ids if now - self._minted.get(r, float("-inf")) >= half]
+
+    def minted(self, resource_id: str, now: float) -> None:
+        self._minted[resource_id] = now
+
+    def forget(self, resource_id: str) -> None:
+        """A resource destroyed or gone: never renewed again, not remembered."""
+        self._minted.pop(resource_id, None)
+
+
 class Capability(StrEnum):
     """What a site kind can do beyond create, list and destroy."""
 
@@ -183,7 +204,7 @@ class SiteAdapter(abc.ABC):
         """Cancel a drain started by drain_startd. Raises SiteError."""
         raise Unsupported(self.name, Capability.DRAIN)
 
-    # --- workers' own tokens (kinds with per_resource_tokens) ----------------
+    # --- workers' own tokens (sites with a signing key) ----------------------
 
     def tokens_due(self, resource_ids: Sequence[str], now: float) -> list[str]:
         """Of these live resources, those whose own token should be renewed
@@ -354,6 +375,7 @@ __all__ = [
     "QuotaExceeded",
     "SiteAdapter",
     "SiteError",
+    "TokenAges",
     "Unsupported",
     "WorkerRecipe",
     "classad_literal",

@@ -80,6 +80,7 @@ from tide.sites.base import (
     QuotaExceeded,
     SiteAdapter,
     SiteError,
+    TokenAges,
     WorkerRecipe,
     worker_attribute_values,
     worker_site_name,
@@ -170,7 +171,7 @@ class DockerSite(SiteAdapter):
         self._signing_key = signing_key
         self._token_lifetime_s = token_lifetime_s
         self._clock = clock
-        self._token_issued: dict[str, float] = {}  # resource -> when its token was minted
+        self._token_ages = TokenAges(token_lifetime_s)
         self._token_file: Path | None = None
         if signing_key is None:
             if worker_token_file is None:
@@ -274,7 +275,7 @@ class DockerSite(SiteAdapter):
         ]
 
     def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
-        self._token_issued.pop(resource_id, None)  # never renewed again: not remembered
+        self._token_ages.forget(resource_id)
         ref = details.get("container_id") or resource_id
         with self._calling(f"destroying container {resource_id}"):
             try:
@@ -366,10 +367,7 @@ class DockerSite(SiteAdapter):
     def tokens_due(self, resource_ids: Sequence[str], now: float) -> list[str]:
         if self._signing_key is None:
             return []
-        half = self._token_lifetime_s / 2
-        return [
-            rid for rid in resource_ids if now - self._token_issued.get(rid, float("-inf")) >= half
-        ]
+        return self._token_ages.due(resource_ids, now)
 
     def renew_tokens(self, resource_ids: Sequence[str]) -> None:
         """A new token into each running container of these (one a crash or
@@ -382,7 +380,7 @@ class DockerSite(SiteAdapter):
                 try:
                     container = self._engine().containers.get(rid)
                 except docker.errors.NotFound:
-                    self._token_issued.pop(rid, None)
+                    self._token_ages.forget(rid)
                     continue
                 if not self._ours(_inspected_labels(container), rid):
                     continue
@@ -421,7 +419,7 @@ class DockerSite(SiteAdapter):
                 f"site {self.name}: the engine did not take the token of {resource_id}",
                 retryable=True,
             )
-        self._token_issued[resource_id] = now
+        self._token_ages.minted(resource_id, now)
 
     # --- helpers ------------------------------------------------------------
 

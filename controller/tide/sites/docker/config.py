@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 class DockerSiteConfig(SiteSettings):
     kind: Literal["docker"] = Field(description="Workers are containers on a Docker engine.")
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.DRAIN})
-    per_resource_tokens: ClassVar[bool] = True
     engine_url: str = Field(
         default="unix:///var/run/docker.sock", description="Docker engine to use; the local socket."
     )

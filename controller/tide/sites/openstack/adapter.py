@@ -18,11 +18,25 @@ cannot read (a listing that is not one, a server without an id, metadata
 that is not a map) is a retryable SiteError naming the call; a server
 without metadata carries no tags and is simply not ours.
 
-The worker token goes into the user data and nowhere else: it is never
-logged, and error messages are scrubbed of it (and of anything looking like
-the encoded user data) before they leave this module. Note that the cloud
-keeps user data with the server: anyone who can read the server's
-attributes in the project can read the token, as with any cloud-init secret.
+Tokens. With `worker_signing_key_file` each server gets tokens of its own
+(tide.htcondor.tokens: identity tide-worker-<resource>, the worker's
+scopes), two at its create call:
+- a boot token in the user data, valid the site's boot timeout plus
+  BOOT_TOKEN_MARGIN_S only: the cloud keeps user data for the server's
+  whole life, so what it holds must expire while the server boots;
+- its working token, valid `worker_token_lifetime_s`, in the server's
+  metadata (TOKEN_KEY0..3, Nova takes 255 characters a value), which the
+  worker's tide-token-watch (images/condor) reads from the metadata service
+  before HTCondor starts and every few seconds after, and installs in place
+  of the boot token.
+  The controller renews it there once half its lifetime has passed
+  (tokens_due / renew_tokens): one metadata call per server.
+Jobs reach neither: the user data's first command rejects every packet
+from HTCondor's slot users (uids 62001-65534) to the metadata service, and
+the worker refuses to start if a slot user can still read it. Without a
+key, the site's shared worker token goes into the user data instead.
+Tokens are never logged, and error messages are scrubbed of them (and of
+anything looking like the encoded user data) before they leave this module.
 
 Draining: a server's startd cannot be reached from the controller with any
 right to drain it (execute nodes hold no signing key, so they grant no
@@ -46,8 +60,9 @@ import base64
 import json
 import logging
 import re
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -59,6 +74,7 @@ from keystoneauth1 import exceptions as ksa_exceptions
 from openstack import exceptions as os_exceptions
 from openstack.connection import Connection
 
+from tide.htcondor import tokens
 from tide.model import Shape
 from tide.sites.base import (
     OWNER_TAG,
@@ -70,6 +86,7 @@ from tide.sites.base import (
     QuotaExceeded,
     SiteAdapter,
     SiteError,
+    TokenAges,
     WorkerRecipe,
     worker_attributes,
     worker_site_name,
@@ -78,6 +95,10 @@ from tide.sites.docker.config import DockerSiteConfig
 from tide.sites.openstack.config import OpenStackSiteConfig
 
 log = logging.getLogger(__name__)
+# keystoneauth logs every request and response body at DEBUG (user data,
+# server metadata: tokens). Whatever a process's logging is set up to show,
+# those records are never made.
+logging.getLogger("keystoneauth").setLevel(logging.INFO)
 
 WORKER_IMAGE = str(DockerSiteConfig.model_fields["image"].default)
 """The worker container image: the one this release of Tide builds."""
@@ -99,10 +120,27 @@ metadata service every OpenStack cloud offers its servers."""
 DRAIN_KEY = "tide-drain"
 """The server metadata key carrying a drain request to the server."""
 
+TOKEN_KEY = "tide-token-"  # noqa: S105  (a metadata key, not a secret)
+"""Server metadata keys TOKEN_KEY0 .. TOKEN_KEY3 carry the server's working token."""
+
+TOKEN_CHUNKS = 4
+METADATA_VALUE_MAX = 255
+"""Nova's limit on a metadata value, in characters."""
+
+BOOT_TOKEN_MARGIN_S = 600
+"""The boot token outlives the boot timeout by this much: a server not
+registered by its boot timeout is deleted, and one that registered has
+installed its working token before its HTCondor started."""
+
+SLOT_UIDS = "62001-65534"
+"""The uids HTCondor's slot users have on a worker (slot1_<n> is 62000+n;
+65534 is nobody): the user data keeps them off the metadata service."""
+
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
 # Long runs of base64 (encoded user data the cloud might echo back) are scrubbed
 # from error messages; UUIDs and request ids (hyphenated) stay readable.
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(\.[A-Za-z0-9_-]*)?")
 _REDACTED = "<redacted>"
 _MESSAGE_MAX = 500
 _CONFIG_ERRORS = (
@@ -116,6 +154,17 @@ _CONFIG_ERRORS = (
 def _to_json(value: object) -> str:
     """A value as a JSON scalar, which is also a quoted YAML scalar on one line."""
     return json.dumps(value, ensure_ascii=False)
+
+
+def token_metadata(token: str) -> dict[str, str]:
+    """A token as server metadata: TOKEN_CHUNKS keys of at most
+    METADATA_VALUE_MAX characters, the unused ones empty, so that a new
+    token replaces an old one whole in one (merging) metadata call."""
+    parts = [token[i : i + METADATA_VALUE_MAX] for i in range(0, len(token), METADATA_VALUE_MAX)]
+    if len(parts) > TOKEN_CHUNKS:
+        raise ValueError(f"a token of {len(token)} characters does not fit the server metadata")
+    parts += [""] * (TOKEN_CHUNKS - len(parts))
+    return {f"{TOKEN_KEY}{i}": part for i, part in enumerate(parts)}
 
 
 def _status(exc: os_exceptions.HttpException) -> int | None:
@@ -139,9 +188,12 @@ class OpenStackSite(SiteAdapter):
     """A SiteAdapter booting Nova servers that join the pool as workers.
 
     `owner` names this controller instance (the tide-owner metadata); `pool` is
-    where the workers register; `worker_token` is the text of the site's worker
-    IDTOKEN (the caller reads it from its 0600 file). Raises SiteError
-    (not retryable) for a bad user data template or site attribute."""
+    where the workers register; `signing_key` mints each server tokens of its
+    own (the working one valid `token_lifetime_s`, the boot one
+    `boot_timeout_s` plus BOOT_TOKEN_MARGIN_S), or else `worker_token` is the
+    text of the site's shared worker IDTOKEN (the caller reads it from its
+    0600 file). Raises SiteError (not retryable) for a bad user data
+    template or site attribute, or no credential."""
 
     capabilities = OpenStackSiteConfig.capabilities
 
@@ -153,14 +205,22 @@ class OpenStackSite(SiteAdapter):
         conn: Connection,
         owner: str,
         pool: PoolEndpoint,
-        worker_token: str,
+        worker_token: str | None = None,
+        signing_key: tokens.SigningKey | None = None,
+        token_lifetime_s: int = 86400,
+        boot_timeout_s: float = 600.0,
         worker_image: str = WORKER_IMAGE,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not owner:
             raise ValueError("owner must name the controller instance")
-        token = worker_token.strip()
-        if not token:
-            raise SiteError(f"site {name}: the worker token is empty", retryable=False)
+        token = (worker_token or "").strip()
+        if signing_key is None and not token:
+            raise SiteError(
+                f"site {name}: the worker token is empty (set sites.{name}.worker_token_file "
+                "or worker_signing_key_file)",
+                retryable=False,
+            )
         self.name = name
         self._config = config
         self._conn = conn
@@ -168,9 +228,14 @@ class OpenStackSite(SiteAdapter):
         self._pool = pool
         self._worker_image = worker_image
         self._token = token
-        # The token, and its JWT parts, are scrubbed from messages; longest first.
+        self._key = signing_key
+        self._ages = TokenAges(token_lifetime_s)
+        self._boot_token_s = int(boot_timeout_s) + BOOT_TOKEN_MARGIN_S
+        self._clock = clock
+        # The shared token, and its JWT parts, are scrubbed from messages;
+        # longest first (minted tokens by their shape, _JWT).
         parts = [part for part in token.split(".") if len(part) >= 8]
-        self._secrets = sorted({token, *parts}, key=len, reverse=True)
+        self._secrets = sorted({token, *parts} - {""}, key=len, reverse=True)
         try:
             self._attributes = worker_attributes(name, config.attributes)
         except ValueError as exc:
@@ -180,21 +245,29 @@ class OpenStackSite(SiteAdapter):
         self._site_name = worker_site_name(name, config.attributes)
         self._template = self._load_template()
         self._ids: tuple[str, str, str] | None = None  # image, flavor, network
-        self._user_data("tide-check")  # a template naming an unknown variable fails now
+        self._user_data(
+            "tide-check", "tide-check"
+        )  # a template naming an unknown variable fails now
 
     # --- SiteAdapter --------------------------------------------------------
 
     def create(self, resource_id: str) -> Mapping[str, str]:
         image_id, flavor_id, network_id = self._resolve()
         config = self._config
+        now = self._clock()
+        boot_token, token_meta = self._token, {}
+        if self._key is not None:
+            boot_token = self._mint(resource_id, self._boot_token_s, now)
+            token_meta = token_metadata(self._mint(resource_id, self._ages.lifetime_s, now))
         attrs: dict[str, Any] = {
             "name": resource_id,
             "image_id": image_id,
             "flavor_id": flavor_id,
             "networks": [{"uuid": network_id}],
-            "user_data": self._user_data(resource_id),
+            "user_data": self._user_data(resource_id, boot_token),
             "metadata": {
                 **config.metadata,
+                **token_meta,
                 OWNER_TAG: self._owner,
                 SITE_TAG: self.name,
                 RESOURCE_ID_TAG: resource_id,
@@ -226,6 +299,8 @@ class OpenStackSite(SiteAdapter):
                 f"site {self.name}: creating server {resource_id}: the cloud returned no id",
                 retryable=True,
             )
+        if self._key is not None:
+            self._ages.minted(resource_id, now)
         log.info("site %s: server %s is %s", self.name, resource_id, server.id)
         return {"server_id": str(server.id)}
 
@@ -241,6 +316,7 @@ class OpenStackSite(SiteAdapter):
         ]
 
     def destroy(self, resource_id: str, details: Mapping[str, str]) -> None:
+        self._ages.forget(resource_id)
         server_id = details.get("server_id")
         if server_id:
             ids = [server_id]
@@ -254,6 +330,43 @@ class OpenStackSite(SiteAdapter):
             log.info("site %s: deleting server %s (%s)", self.name, resource_id, sid)
             with self._calling(f"deleting server {resource_id}"):
                 self._conn.compute.delete_server(sid, ignore_missing=True)
+
+    # --- servers' own tokens -------------------------------------------------
+
+    def tokens_due(self, resource_ids: Sequence[str], now: float) -> list[str]:
+        return [] if self._key is None else self._ages.due(resource_ids, now)
+
+    def renew_tokens(self, resource_ids: Sequence[str]) -> None:
+        """A new working token into the metadata of each of these servers (one
+        a restarted controller does not know the age of gets one too); the
+        server's tide-token-watch installs it within its period. A server
+        that is gone is passed over: the loop sees it in list_owned."""
+        if self._key is None:
+            return
+        wanted = set(resource_ids)
+        servers = [s for s in self._owned_servers() if s.resource_id in wanted]
+        found = {s.resource_id for s in servers}
+        for rid in wanted - found:
+            self._ages.forget(rid)
+        for server in servers:
+            rid = server.resource_id
+            now = self._clock()
+            meta = token_metadata(self._mint(rid, self._ages.lifetime_s, now))
+            with self._calling(f"renewing the token of server {rid}", chain=False):
+                self._conn.compute.set_server_metadata(server.id, **meta)
+            self._ages.minted(rid, now)
+            log.info("site %s: renewed the token of server %s (%s)", self.name, rid, server.id)
+
+    def _mint(self, resource_id: str, lifetime_s: int, now: float) -> str:
+        if self._key is None:  # callers check; kept for the type checker
+            raise SiteError(f"site {self.name}: no signing key", retryable=False)
+        return tokens.mint_worker(
+            self._key,
+            resource_id=resource_id,
+            domain=self._pool.pool_domain,
+            lifetime_s=lifetime_s,
+            now=now,
+        )
 
     # --- drain (Capability.DRAIN) ------------------------------------
 
@@ -379,7 +492,7 @@ class OpenStackSite(SiteAdapter):
         except jinja2.TemplateSyntaxError as exc:
             raise SiteError(f"{where}: line {exc.lineno}: {exc.message}", retryable=False) from None
 
-    def _user_data(self, resource_id: str) -> str:
+    def _user_data(self, resource_id: str, token: str) -> str:
         """The rendered template, base64-encoded: the proxy layer sends
         Server.user_data as given, and Nova requires base64."""
         shape = self._config.shape
@@ -407,7 +520,8 @@ class OpenStackSite(SiteAdapter):
                 environment=recipe.environment(),
                 compose=recipe.compose(self._worker_image),
                 site_conf=recipe.site_conf(),
-                token=self._token,
+                token=token,
+                slot_uids=SLOT_UIDS,
             )
         except jinja2.TemplateError as exc:
             raise SiteError(
@@ -426,6 +540,7 @@ class OpenStackSite(SiteAdapter):
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, _REDACTED)
+        text = _JWT.sub(_REDACTED, text)
         text = _BASE64_RUN.sub(_REDACTED, text)
         return text if len(text) <= _MESSAGE_MAX else text[:_MESSAGE_MAX] + "..."
 
@@ -515,10 +630,15 @@ class _Server:
 
 __all__ = [
     "API_TIMEOUT_S",
+    "BOOT_TOKEN_MARGIN_S",
     "BUILTIN_TEMPLATE",
     "DRAIN_KEY",
     "METADATA_URL",
+    "SLOT_UIDS",
+    "TOKEN_CHUNKS",
+    "TOKEN_KEY",
     "USER_DATA_MAX",
     "WORKER_IMAGE",
     "OpenStackSite",
+    "token_metadata",
 ]

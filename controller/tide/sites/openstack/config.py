@@ -44,13 +44,24 @@ class OpenStackSiteConfig(SiteSettings):
             conn = openstack.connect(cloud=self.cloud, api_timeout=adapter.API_TIMEOUT_S)
         except openstack.exceptions.SDKException as exc:  # e.g. no such entry in clouds.yaml
             raise SiteError(f"site {name}: sites.{name}.cloud: {exc}", retryable=False) from None
-        try:
-            token = self.shared_token_file().read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SiteError(
-                f"site {name}: the worker token file {self.worker_token_file}: {exc}",
-                retryable=False,
-            ) from None
+        key = self.signing_key(name)
+        token = None
+        if key is None:
+            try:
+                token = self.shared_token_file().read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SiteError(
+                    f"site {name}: the worker token file {self.worker_token_file}: {exc}",
+                    retryable=False,
+                ) from None
         return adapter.OpenStackSite(
-            name, self, conn=conn, owner=owner, pool=pool, worker_token=token
+            name,
+            self,
+            conn=conn,
+            owner=owner,
+            pool=pool,
+            worker_token=token,
+            signing_key=key,
+            token_lifetime_s=self.worker_token_lifetime_s,
+            boot_timeout_s=self.limits.boot_timeout_s,
         )

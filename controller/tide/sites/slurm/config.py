@@ -49,7 +49,6 @@ class SlurmBackfillSiteConfig(SiteSettings):
         "back to the cluster's owners when they wait."
     )
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.DRAIN, Capability.OWNERS})
-    per_resource_tokens: ClassVar[bool] = True
     login: SshLoginConfig | None = Field(
         default=None,
         description="Reach Slurm over SSH through this login node. None (the default) runs "
