@@ -14,6 +14,7 @@ their modes with check_secret_file() when it starts.
 from __future__ import annotations
 
 import stat
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +23,7 @@ from pydantic import AfterValidator, Field, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from tide.configbase import FilePath, Model, SiteName, host_port, site_model
+from tide.htcondor import tokens
 from tide.sites.kinds import (
     DockerSiteConfig,
     OpenStackSiteConfig,
@@ -184,12 +186,27 @@ def _describe(doc: YamlDocument, err: ErrorDetails) -> tuple[int, str]:
     return doc.line_of(loc), f"{where}: {message}"
 
 
-def check_secrets(config: Config) -> None:
-    """Every token file `config` names exists and is private (check_secret_file)."""
+def check_secrets(config: Config, now: float | None = None) -> None:
+    """Every token file `config` names exists and is private
+    (check_secret_file), and every site's shared worker token is one that
+    can be handed to workers: not expired, of this pool, no wider than a
+    worker's (tokens.worker_token_problem)."""
     check_secret_file(config.pool.token_file)
-    for site in config.sites.values():
+    for name, site in config.sites.items():
         for path in site.secret_files():
             check_secret_file(path)
+        if site.worker_token_file is not None:
+            try:
+                text = site.worker_token_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError([f"{site.worker_token_file}: cannot read: {exc}"]) from None
+            problem = tokens.worker_token_problem(
+                text, now=time.time() if now is None else now, domain=config.pool.domain
+            )
+            if problem is not None:
+                raise ConfigError(
+                    [f"{site.worker_token_file}: sites.{name}.worker_token_file: {problem}"]
+                )
 
 
 __all__ = [

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 import sys
@@ -155,9 +157,49 @@ def test_configure_htcondor_writes_a_private_config(
 
 
 def _tokens(tmp_path: Path, mode: int = 0o600) -> None:
-    for name in ("pool.token", "worker.token"):
-        (tmp_path / name).write_text("t")
+    """The controller's token (its content unread here) and a worker token
+    shaped as the pool's shared one: this pool's, a worker's scopes."""
+    worker = _jwt(
+        {"iss": "pool.example.org", "sub": "worker@pool.example.org", "scope": WORKER_SCOPES}
+    )
+    for name, text in (("pool.token", "t"), ("worker.token", worker)):
+        (tmp_path / name).write_text(text)
         (tmp_path / name).chmod(mode)
+
+
+WORKER_SCOPES = "condor:/READ condor:/ADVERTISE_STARTD condor:/ADVERTISE_MASTER"
+
+
+def _jwt(payload: dict[str, object]) -> str:
+    def part(data: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'HS256', 'kid': 'POOL'})}.{part(payload)}.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        ({"iss": "pool.example.org", "scope": WORKER_SCOPES, "exp": 1}, "expired at 1970-01-01"),
+        ({"iss": "other.example.org", "scope": WORKER_SCOPES}, "for pool 'other.example.org'"),
+        ({"iss": "pool.example.org"}, "not limited to a worker's scopes"),
+        (
+            {"iss": "pool.example.org", "scope": f"{WORKER_SCOPES} condor:/ADMINISTRATOR"},
+            "allows more than a worker needs (condor:/ADMINISTRATOR)",
+        ),
+    ],
+)
+def test_check_refuses_a_worker_token_no_worker_should_get(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], payload: dict[str, object], named: str
+) -> None:
+    _tokens(tmp_path)
+    (tmp_path / "worker.token").write_text(_jwt(payload))
+    path = _config(tmp_path, "")
+    assert main(["check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "sites.local.worker_token_file: the token " in err, err
+    assert named in err, err
+    assert "ask the pool's operators for a worker token" in err
 
 
 def test_check_accepts_a_good_config_in_one_line(

@@ -53,6 +53,15 @@ def test_good_settings_have_no_problem_and_the_pool_is_the_tokens_issuer() -> No
         ({"collector": "cm.example.org"}, "--collector 'cm.example.org' is not HOST:PORT"),
         ({"token": "not-a-token"}, "the token is not an IDTOKEN"),
         ({"token": _token({"iss": "p", "scope": "condor:/READ"})}, "may not advertise a startd"),
+        ({"token": _token({"iss": "p"})}, "not limited to a worker's scopes"),
+        (
+            {"token": _token({"iss": "p", "scope": "condor:/ADVERTISE_STARTD condor:/WRITE"})},
+            "allows more than a worker needs (condor:/WRITE)",
+        ),
+        (
+            {"token": _token({"iss": "p", "scope": "condor:/ADVERTISE_STARTD", "exp": 1})},
+            "the token expired at 1970-01-01 00:00:01 UTC",
+        ),
         ({"site_name": "bad site"}, "--site 'bad site'"),
         ({"cpus": 0}, "--cpus 0: give a positive number"),
         ({"cvmfs_repositories": ("sft.cern.ch",)}, "CVMFS needs a proxy"),

@@ -29,6 +29,7 @@ import os
 import re
 import secrets
 import stat
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +190,52 @@ def claims(token: str) -> dict[str, Any]:
     if not isinstance(header, dict) or not isinstance(payload, dict):
         raise TokenError("not a token: its header or payload is not a JSON object")
     return {"header": header, "payload": payload}
+
+
+WORKER_TOKEN_SCOPES = frozenset({*WORKER_SCOPES, "condor:/READ"})
+"""The most a worker token handed to workers may allow (the pool's shared
+worker token has these three)."""
+
+
+def worker_token_problem(token: str, *, now: float, domain: str | None = None) -> str | None:
+    """Why `token` cannot be handed to workers, with the fix: not a token,
+    expired, of another pool than `domain` (when given), or allowing more
+    or less than a worker needs (no scope at all means everything its
+    identity may do). None when it can be. Says nothing of its signature,
+    which only the pool can check."""
+    try:
+        payload = claims(token)["payload"]
+    except TokenError as exc:
+        return f"{exc}; ask the pool's operators for a worker token"
+    exp, iss, scope = payload.get("exp"), payload.get("iss"), payload.get("scope")
+    scopes = set(scope.split()) if isinstance(scope, str) else set()
+    wider = " ".join(sorted(scopes - WORKER_TOKEN_SCOPES))
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(exp)) if _number(exp) else ""
+    problems = [
+        (_number(exp) and exp <= now, f"the token expired at {when}"),
+        (domain is not None and iss != domain, f"the token is for pool {iss!r}, not {domain!r}"),
+        (
+            not scopes,
+            "the token is not limited to a worker's scopes (it has none, so it may do "
+            "everything its identity may)",
+        ),
+        (bool(wider), f"the token allows more than a worker needs ({wider})"),
+        (
+            "condor:/ADVERTISE_STARTD" not in scopes,
+            f"the token may not advertise a startd (scopes: {' '.join(sorted(scopes))})",
+        ),
+    ]
+    for found, problem in problems:
+        if found:
+            return (
+                f"{problem}; ask the pool's operators for a worker token (scopes "
+                f"{' '.join(sorted(WORKER_TOKEN_SCOPES))} at most)"
+            )
+    return None
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def verify(key: SigningKey, token: str) -> Mapping[str, Any]:

@@ -8,8 +8,10 @@ import binascii
 import ipaddress
 import json
 import re
+import time
 from dataclasses import dataclass, field
 
+from tide.htcondor.tokens import worker_token_problem
 from tide.onboard.recipe import role_defaults
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*:([0-9]{1,5})$")
@@ -109,12 +111,10 @@ def _pool_problems(s: Settings) -> list[str]:
     else:
         if not isinstance(claims.get("iss"), str) or not _NAME.match(str(claims.get("iss"))):
             out.append("the token names no pool (no 'iss' claim): ask for a worker token")
-        scopes = set(str(claims.get("scope", "")).split())
-        if scopes and not {"condor:/ADVERTISE_STARTD"} <= scopes:
-            out.append(
-                f"the token may not advertise a startd (scopes: {' '.join(sorted(scopes))}): "
-                "ask the pool's operators for a worker token"
-            )
+        # Expired, or allowing less or more than a worker needs.
+        problem = worker_token_problem(s.token, now=time.time())
+        if problem is not None:
+            out.append(problem)
     return out
 
 
