@@ -44,7 +44,7 @@ WHEEL_PLATFORMS := manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_28_x86
 $(WHEELHOUSE)/.complete: pyproject.toml requirements.lock | $(VENV)/.installed
 	@echo "[wheelhouse] downloading the controller's wheels for Python $(WHEEL_PYTHON) to $(WHEELHOUSE)"
 	@rm -rf $(WHEELHOUSE).tmp && mkdir -p $(WHEELHOUSE).tmp/project/src
-	@tar -c --exclude='__pycache__' --exclude='*.egg-info' pyproject.toml README.md controller roles \
+	@tar -c --exclude='__pycache__' --exclude='*.egg-info' pyproject.toml README.md controller roles images/condor \
 		| tar -x -C $(WHEELHOUSE).tmp/project/src
 	@$(VENV)/bin/pip wheel -q --disable-pip-version-check --no-deps \
 		-w $(WHEELHOUSE).tmp/project $(WHEELHOUSE).tmp/project/src

@@ -36,13 +36,15 @@ def remove_host() -> None:
 
 
 def tide_source(into: Path) -> Path:
-    """Tide's source (the project and the roles its package links to): pip
-    builds it on the host, offline, with setuptools from the wheelhouse."""
+    """Tide's source (the project, and the roles and worker image files its
+    package links to): pip builds it on the host, offline, with setuptools
+    from the wheelhouse."""
     src = into / "tide"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(lab.TOP / name, src / name)
-    for name in ("controller", "roles"):
+    (src / "images").mkdir()
+    for name in ("controller", "roles", "images/condor"):
         shutil.copytree(
             lab.TOP / name,
             src / name,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import textwrap
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -270,12 +270,33 @@ def test_docker_pilots_with_cvmfsexec_are_refused(tmp_path: Path) -> None:
 
 
 def _settings(script: str) -> Mapping[str, str]:
-    body = script.split('cat >"$work/condor_config" <<EOF\n', 1)[1].split("\nEOF\n", 1)[0]
+    """The native pilot's HTCondor configuration as its script writes it
+    (bash runs the part that writes it; the pilot's shell variables stay
+    as their names): each setting's last value, a reference to its own
+    earlier value ($(NAME)) expanded as HTCondor does."""
+    return _config_settings(_written_config(script))
+
+
+def _written_config(script: str) -> str:
+    part = script[
+        script.index('cat >"$work/condor_config"') : script.index("export CONDOR_CONFIG=")
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "condor_config"
+        prelude = "work='$work' user='$user' paths= namespace='$namespace' SLURM_JOB_ID=\n"
+        body = part.replace('"$work/condor_config"', shlex.quote(str(out)))
+        subprocess.run(["bash", "-c", prelude + body], check=True)
+        return out.read_text()
+
+
+def _config_settings(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
-    for line in textwrap.dedent(body).splitlines():
-        if " = " in line and not line.startswith("#"):
-            key, value = line.split(" = ", 1)
-            out[key] = value
+    for line in text.replace("\\\n", " ").splitlines():
+        key, eq, value = line.partition("=")
+        key = key.strip()
+        if not eq or line.lstrip().startswith("#") or " " in key:
+            continue
+        out[key] = value.strip().replace(f"$({key})", out.get(key, "")).strip()
     return out
 
 

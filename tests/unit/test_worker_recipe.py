@@ -1,12 +1,15 @@
-"""One worker recipe: the condor_worker role's own templates and defaults.
+"""One worker recipe: the condor_worker role's own templates and defaults,
+and the tide/condor image's own HTCondor files.
 
 A change made to the role's compose template (or its site.conf template)
 reaches every worker the controller makes from it, with nothing else
-changed: a Docker site's container, an OpenStack server's user data and a
-Docker pilot's container. The fourth render is the role itself (and `tide
-onboard`, tests/unit/test_onboard_recipe.py). Each test renders from a copy
-of the packaged roles with one line added, so it fails if any of them
-stops rendering from the role."""
+changed: a Docker site's container, an OpenStack server's user data, a
+Docker pilot's container, and a native Slurm pilot's HTCondor
+configuration (which also takes the image's own files, as the image
+would). The role itself renders for provider hosts and `tide onboard`
+(tests/unit/test_onboard_recipe.py). Each test renders from a copy of the
+packaged roles (or image files) with one line added, so it fails if any of
+them stops rendering from that source."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from tests.unit import test_site_docker as docker_tests
 from tests.unit import test_site_openstack as openstack_tests
 from tests.unit import test_site_slurm as slurm_tests
 from tide.onboard import recipe
+from tide.sites import base
 
 MARK = "TIDE_RECIPE_MARK"
 SETTING = "TIDE_RECIPE_SETTING = one-place"
@@ -76,6 +80,39 @@ def test_a_docker_pilots_container_is_the_roles(changed_role: Path, tmp_path: Pa
     assert f"    -e {shlex.quote(f'{MARK}=one-place')}\n" in script
 
 
+IMAGE_SETTING = "TIDE_IMAGE_SETTING = one-place"
+
+
+@pytest.fixture
+def changed_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The packaged worker image's HTCondor files, with one more setting in
+    its execute role's."""
+    image = tmp_path / "worker_image"
+    shutil.copytree(Path(str(base.worker_image_root())), image)
+    execute = image / "roles.d" / "execute.conf"
+    execute.write_text(execute.read_text() + IMAGE_SETTING + "\n")
+    monkeypatch.setattr(base, "worker_image_root", lambda: image)
+    return image
+
+
+def test_a_native_pilots_configuration_is_the_image_and_the_roles(
+    changed_role: Path, changed_image: Path, tmp_path: Path
+) -> None:
+    """A native pilot runs no image: its HTCondor configuration is the
+    image's own files, what the image's entrypoint writes from the role's
+    environment, and the role's site.conf."""
+    script = slurm_tests._site(tmp_path).script("tide-maxwell-0000abcd")
+    written = slurm_tests._written_config(script)
+    settings = slurm_tests._config_settings(written)
+    assert settings["TIDE_IMAGE_SETTING"] == "one-place"
+    assert settings["TIDE_RECIPE_SETTING"] == "one-place"
+    # The role's environment, as the entrypoint turns it into settings.
+    assert settings["TideResourceId"] == '"tide-maxwell-0000abcd"'
+    assert settings["TideSite"] == '"maxwell"'
+    # The site's settings come last, so they win over the image's.
+    assert written.rindex(SETTING) > written.rindex(IMAGE_SETTING)
+
+
 def test_without_the_change_none_of_them_has_it(tmp_path: Path) -> None:
     """The mark comes from the changed role alone (so the tests above can fail)."""
     token = tmp_path / "worker.token"
@@ -84,3 +121,6 @@ def test_without_the_change_none_of_them_has_it(tmp_path: Path) -> None:
     with docker_tests.FakeEngine() as engine:
         env = docker_tests._site(engine, token)._environment("tide-fat-00000001", 29900)
     assert MARK not in env
+    script = slurm_tests._site(tmp_path).script("tide-maxwell-0000abcd")
+    assert "TIDE_IMAGE_SETTING" not in script
+    assert "TIDE_RECIPE_SETTING" not in script

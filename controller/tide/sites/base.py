@@ -35,6 +35,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 import yaml
 
@@ -285,6 +287,49 @@ def worker_attributes(site: str, attributes: Mapping[str, AttributeValue]) -> di
     return {name: classad_literal(value) for name, value in values.items()}
 
 
+ATTR_PREFIX = "TIDE_ATTR_"
+"""A worker's environment variables naming its ClassAd attributes."""
+
+
+def worker_image_root() -> Traversable:
+    """The tide/condor image's build context as packaged with tide
+    (controller/tide/worker_image links to images/condor)."""
+    return resources.files("tide").joinpath("worker_image")
+
+
+def _environment_config(env: Mapping[str, str]) -> str:
+    """What tide-entrypoint writes into 50-tide-env.conf for an execute node
+    from its environment (images/condor/README.md), bar what needs root or
+    the shared port: the same settings from the same values."""
+    domain, collector = env["TIDE_POOL_DOMAIN"], env["TIDE_COLLECTOR"]
+    lines = [
+        "# From the worker recipe's environment, as tide-entrypoint writes it.",
+        f"UID_DOMAIN = {domain}",
+        f"TRUST_DOMAIN = {domain}",
+        "FILESYSTEM_DOMAIN = $(FULL_HOSTNAME)",
+        f"COLLECTOR_HOST = {collector}",
+        f"CONDOR_HOST = {collector.rsplit(':', 1)[0]}",
+        f"NETWORK_HOSTNAME = {env['TIDE_NODE_NAME']}",
+        f"SiteName = {classad_literal(env['TIDE_SITE_NAME'])}",
+        f"TideResourceId = {classad_literal(env['TIDE_RESOURCE_ID'])}",
+    ]
+    for key, setting, factor in (
+        ("TIDE_CPUS", "NUM_CPUS", 1),
+        ("TIDE_MEMORY_MB", "MEMORY", 1),
+        ("TIDE_DISK_MB", "DISK", 1024),
+    ):
+        if key in env:
+            lines.append(f"{setting} = {int(env[key]) * factor}")
+    names = ["SiteName", "TideResourceId"]
+    for key in sorted(env):
+        if key.startswith(ATTR_PREFIX):
+            name = key.removeprefix(ATTR_PREFIX)
+            lines.append(f"{name} = {env[key]}")
+            names.append(name)
+    lines.append(f"STARTD_ATTRS = $(STARTD_ATTRS) {' '.join(names)}")
+    return "\n".join(lines) + "\n"
+
+
 WORKER_ROLE = "condor_worker"
 """The role whose templates and defaults are the worker recipe."""
 
@@ -350,6 +395,25 @@ class WorkerRecipe:
             "condor_worker_condor_config": dict(condor_config or {}),
         }
         return recipe.render(WORKER_ROLE, "site.conf.j2", variables)
+
+    def condor_config(self) -> str:
+        """The worker's HTCondor configuration where the tide/condor image
+        does not run (a native Slurm pilot): the image's own files in the
+        order its entrypoint reads them (config.d/, then roles.d/execute.conf)
+        and what the entrypoint writes for an execute node from the worker's
+        environment() (domains, collector, node name, shape, SiteName,
+        TideResourceId, the site's attributes). The caller adds what differs
+        where HTCondor runs as a user, then site_conf(). Raises ValueError
+        naming a bad attribute."""
+        root = worker_image_root()
+        files = sorted(
+            (f for f in root.joinpath("config.d").iterdir() if f.name.endswith(".conf")),
+            key=lambda f: f.name,
+        )
+        parts = [f.read_text(encoding="utf-8") for f in files]
+        parts.append(root.joinpath("roles.d").joinpath("execute.conf").read_text(encoding="utf-8"))
+        parts.append(_environment_config(self.environment()))
+        return "\n".join(part.rstrip("\n") + "\n" for part in parts)
 
     def environment(self) -> dict[str, str]:
         """The worker container's environment (the tide/condor image's

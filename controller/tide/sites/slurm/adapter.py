@@ -96,7 +96,6 @@ from tide.sites.base import (
     SiteAdapter,
     SiteError,
     WorkerRecipe,
-    classad_literal,
     worker_attributes,
     worker_site_name,
 )
@@ -381,10 +380,10 @@ class SlurmBackfillSite(SiteAdapter):
             idle_exit_s=self._config.idle_exit_s,
             vacate_timeout_s=VACATE_TIMEOUT_S,
             max_job_retirement_s=self._config.max_job_retirement_s,
-            shape=self._shape,
-            site_name_literal=classad_literal(self._site_name),
-            attributes=self._attributes,
-            condor_config=self._config.condor_config,
+            worker_config=self._native_config(resource_id),
+            site_conf=_ending_newline(
+                self._recipe(resource_id).site_conf(self._config.condor_config)
+            ),
             cvmfsexec_dir=self._config.cvmfsexec_dir,
             cvmfs_repositories=self._config.cvmfs_repositories,
             runtime=self._config.pilot_runtime,
@@ -392,20 +391,30 @@ class SlurmBackfillSite(SiteAdapter):
             environment=self._container_environment(resource_id),
         )
 
-    def _container_environment(self, resource_id: str) -> dict[str, str]:
-        """A docker pilot's container environment: the tide/condor image's
-        contract (as the docker site's workers), plus the pilot's own
-        settings as HTCondor `_CONDOR_` overrides. No shared port: every
-        pilot on a node (or on one engine) picks its own ports, and CCB
-        reaches them through the collector."""
-        env = WorkerRecipe(
+    def _recipe(self, resource_id: str) -> WorkerRecipe:
+        return WorkerRecipe(
             pool=self._pool,
             resource_id=resource_id,
             site=self.name,
             site_name=self._site_name,
             shape=self._shape,
             attributes=self._config.attributes,
-        ).environment()
+        )
+
+    def _native_config(self, resource_id: str) -> str:
+        """A native pilot's worker configuration: the image's, from the
+        worker recipe (the pilot script adds what differs for a user)."""
+        if self._config.pilot_runtime != "native":
+            return ""
+        return self._recipe(resource_id).condor_config()
+
+    def _container_environment(self, resource_id: str) -> dict[str, str]:
+        """A docker pilot's container environment: the tide/condor image's
+        contract (as the docker site's workers), plus the pilot's own
+        settings as HTCondor `_CONDOR_` overrides. No shared port: every
+        pilot on a node (or on one engine) picks its own ports, and CCB
+        reaches them through the collector."""
+        env = self._recipe(resource_id).environment()
         env["_CONDOR_USE_SHARED_PORT"] = "False"
         # As in the native pilot: without a shared port, the collector
         # rejects the session the master and the startd would share.
@@ -527,6 +536,10 @@ def _lines(output: str) -> Iterator[tuple[int, str]]:
 def _malformed_line(number: int, line: str, expected: str) -> str:
     shown = line if len(line) <= _LINE_SHOWN else line[:_LINE_SHOWN] + "..."
     return f"line {number} {shown!r}, not {expected}"
+
+
+def _ending_newline(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"
 
 
 def walltime_s(walltime: str) -> int:
