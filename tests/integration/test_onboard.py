@@ -41,9 +41,20 @@ def wheel() -> Iterator[str]:
         "-lifetime", "3600",
     ).stdout.strip()  # fmt: skip
     onboard_lab.set_token(submitter, "submit.token")
+    # The host's own token, as the central_manager role issues one to each
+    # of central_manager_worker_hosts (condor_token_create with the workers' key).
+    onboard_lab.set_token(_host_token(), "host.token")
     yield path
     onboard_lab.onboard(path, "--uninstall")
     onboard_lab.remove_host()
+
+
+def _host_token() -> str:
+    return lab.in_container(
+        lab.CM_HOST, lab.CM_CONTAINER, "condor_token_create",
+        "-key", "tide-workers", "-identity", f"tide-worker-{HOST}@{lab.POOL_DOMAIN}",
+        "-authz", "ADVERTISE_STARTD", "-authz", "ADVERTISE_MASTER", "-lifetime", "3600",
+    ).stdout.strip()  # fmt: skip
 
 
 def _slots(name: str = HOST) -> list[str]:
@@ -84,11 +95,13 @@ def test_an_unreachable_pool_and_failed_checks_stop_before_anything_changes(whee
 
 def test_onboard_joins_the_pool_runs_a_job_and_a_second_run_changes_nothing(wheel: str) -> None:
     smoke = ("--smoke-test", "--submit-token-file", f"{onboard_lab.KIT}/submit.token")
-    token = (lab.STATE / "secrets" / "worker.token").read_text().strip()
+    # The host joins with a token of its own (the shared one: the tests below).
+    kit = onboard_lab.KIT
+    token = lab.on_host(HOST, "cat", f"{kit}/host.token").stdout.strip()
     # No process shows the token (or any IDTOKEN) in its argv or environment
     # while onboarding runs: ps is read every 0.2 s, all over this machine.
     with SecretSampler([token, token.rsplit(".", 1)[1]]) as seen:
-        done = onboard_lab.onboard(wheel, *smoke)
+        done = onboard_lab.onboard(wheel, *smoke, kit_file="host.token")
     assert seen.samples > 0
     assert seen.found == [], seen.found
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -101,7 +114,16 @@ def test_onboard_joins_the_pool_runs_a_job_and_a_second_run_changes_nothing(whee
     ).stdout.split()
     assert history[0] == "0", history
     assert history[1].endswith(f"@{HOST}"), history
-    again = onboard_lab.onboard(wheel)
+    htcondor2 = client()
+    ads = htcondor2.Collector(lab.COLLECTOR).query(
+        htcondor2.AdTypes.Startd,
+        constraint=f'TideResourceId == "{HOST}"',
+        projection=["AuthenticatedIdentity"],
+    )
+    assert {ad.get("AuthenticatedIdentity") for ad in ads} == {
+        f"tide-worker-{HOST}@{lab.POOL_DOMAIN}"
+    }
+    again = onboard_lab.onboard(wheel, kit_file="host.token")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "0 change(s) - nothing to do" in again.stdout, again.stdout + again.stderr
     # The token never reaches the output.

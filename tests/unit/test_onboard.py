@@ -43,6 +43,15 @@ SETTINGS = Settings(
 
 def test_good_settings_have_no_problem_and_the_pool_is_the_tokens_issuer() -> None:
     assert problems(SETTINGS) == []
+    own = _token(
+        {
+            "iss": "pool.example.org",
+            "sub": "tide-worker-wn-1@pool.example.org",
+            "scope": "condor:/ADVERTISE_STARTD condor:/ADVERTISE_MASTER",
+            "exp": 4_000_000_000,
+        }
+    )
+    assert problems(replace(SETTINGS, token=own)) == []  # this host's own token
     assert SETTINGS.pool_domain == "pool.example.org"
     assert TOKEN not in repr(SETTINGS)
 
@@ -61,6 +70,15 @@ def test_good_settings_have_no_problem_and_the_pool_is_the_tokens_issuer() -> No
         (
             {"token": _token({"iss": "p", "scope": "condor:/ADVERTISE_STARTD", "exp": 1})},
             "the token expired at 1970-01-01 00:00:01 UTC",
+        ),
+        (
+            {
+                "token": _token(
+                    {"iss": "p", "sub": "tide-worker-wn-2@p", "scope": "condor:/ADVERTISE_STARTD"}
+                )
+            },
+            "the token is worker 'wn-2''s own, but this host would join as 'wn-1': run with "
+            "--name wn-2",
         ),
         ({"site_name": "bad site"}, "--site 'bad site'"),
         ({"cpus": 0}, "--cpus 0: give a positive number"),

@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from tide.htcondor.tokens import worker_token_problem
+from tide.htcondor.tokens import WORKER_PREFIX, worker_token_problem
 from tide.onboard.recipe import role_defaults
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*:([0-9]{1,5})$")
@@ -115,6 +115,16 @@ def _pool_problems(s: Settings) -> list[str]:
         problem = worker_token_problem(s.token, now=time.time())
         if problem is not None:
             out.append(problem)
+        # A token of one worker's own (the central manager issues one per
+        # host) advertises that worker alone: this host must join as it.
+        sub = claims.get("sub")
+        if isinstance(sub, str) and sub.startswith(WORKER_PREFIX):
+            own = sub.removeprefix(WORKER_PREFIX).rsplit("@", 1)[0]
+            if own != s.node_name:
+                out.append(
+                    f"the token is worker {own!r}'s own, but this host would join as "
+                    f"{s.node_name!r}: run with --name {own}, or ask for this host's token"
+                )
     return out
 
 
