@@ -4,6 +4,7 @@ the same probe on every kind of worker (run it with tests.lab.run_job)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from tests.lab import JobResult
 
@@ -37,3 +38,12 @@ def assert_no_token_found(job: JobResult) -> None:
     for path in ("/etc/condor/tokens.d", "/etc/condor/tokens.d/tide", "/etc/condor/passwords.d"):
         assert f"denied {path}\n" in out, out
     assert [line for line in out.splitlines() if line.startswith("/")] == [], out
+
+
+def assert_no_token_in_state(folder: Path) -> None:
+    """The controller's state file in folder/state (and its journal) holds
+    no token: a worker's own is minted, handed over and forgotten."""
+    files = sorted((folder / "state").glob("state.sqlite3*"))
+    assert files, f"no state file in {folder / 'state'}"
+    for path in files:
+        assert not re.search(JWT.encode(), path.read_bytes()), f"a token in {path}"

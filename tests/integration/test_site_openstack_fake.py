@@ -43,7 +43,12 @@ from tests.doubles.fake_openstack_hypervisor import (
 )
 from tests.integration.test_worker_tokens import assert_advertises_only_its_own
 from tests.pool import client
-from tests.probes import CREDENTIAL_SEARCH, JWT, assert_no_token_found
+from tests.probes import (
+    CREDENTIAL_SEARCH,
+    JWT,
+    assert_no_token_found,
+    assert_no_token_in_state,
+)
 from tests.sampler import SecretSampler
 from tide.htcondor import tokens
 from tide.sites.base import PoolEndpoint
@@ -284,6 +289,7 @@ def test_daemon_boots_a_fake_cloud_server_whose_worker_runs_jobs_then_deletes_it
     text = (tmp_path / "tide.log").read_text()
     assert code == 0, text[-3000:]
     _check_secrets_not_in(text, cloud)
+    assert_no_token_in_state(tmp_path)
     assert not cloud.unhandled(), [(r.method, r.path) for r in cloud.unhandled()]
     assert all(r.status != 401 for r in cloud.requests)  # authenticated throughout
     deletes = cloud.recorded(DELETE)

@@ -38,7 +38,7 @@ from tests import lab, slurm_lab
 from tests.integration.test_controller import Daemon, _secret, _submit
 from tests.integration.test_worker_tokens import assert_advertises_only_its_own
 from tests.pool import client
-from tests.probes import JWT
+from tests.probes import JWT, assert_no_token_in_state
 from tide.htcondor import tokens
 from tide.sites.slurm.adapter import PILOT_TOKEN_MARGIN_S, walltime_s
 
@@ -108,6 +108,7 @@ def _daemon(tmp: Path, extra: Mapping[str, object] | None = None) -> Iterator[Da
     text = d.log.read_text()
     assert d.code in (0, None), text[-3000:]
     assert not re.search(JWT, text), "a token in the controller's log"
+    assert_no_token_in_state(tmp)
 
 
 def _pilots(site: str) -> dict[str, str]:
