@@ -358,30 +358,53 @@ def _pilot_token(pilot: str) -> str:
 def test_a_pilots_own_token_is_hidden_from_its_jobs_and_advertises_nothing_else(
     tmp_path: Path,
 ) -> None:
-    with _daemon(tmp_path) as d:
-        cluster = _grid_jobs(d.site, 1, seconds=5)  # a pilot comes for it
-        _until("the grid job done on a pilot", lambda: _done(cluster) == 1)
-        (pilot,) = _pilots(d.site)
-        # The lab's nodes have bubblewrap and unprivileged user namespaces:
-        # a job runs in a mount namespace where the pilot's folder and the
-        # staged tokens are empty. It finds no token at all.
-        htcondor2 = client()
-        (ad,) = htcondor2.Collector(lab.COLLECTOR).query(
-            htcondor2.AdTypes.Startd,
-            constraint=f'TideResourceId == "{pilot}"',
-            projection=["TideJobNamespace"],
-        )
-        assert ad.get("TideJobNamespace") == "bubblewrap", ad
-        job = lab.run_job(_FIND_TOKENS, on=pilot)
-        assert job.output.rstrip().endswith("done"), job
-        assert "FOUND " not in job.output, job.output
-        assert f"user {slurm_lab.PILOT_USER}\n" in job.output, job.output
-        # Where a node has none, a job could read the token: its bounds.
-        token = _pilot_token(pilot)
-        payload = tokens.claims(token)["payload"]
-        assert payload["sub"] == tokens.worker_identity(pilot, lab.POOL_DOMAIN)
-        assert payload["scope"] == "condor:/ADVERTISE_STARTD condor:/ADVERTISE_MASTER"
-        bound = 600 + walltime_s("01:00:00") + PILOT_TOKEN_MARGIN_S  # boot timeout: the default
-        assert payload["exp"] - payload["iat"] == bound
-        # What a job can do with it: advertise its own pilot, nothing else.
-        assert_advertises_only_its_own(tmp_path, token, pilot)
+    # All of the lab's nodes share one /tmp: what other pilots of this user
+    # keep there is on the node of this test's pilot. One killed outright
+    # left its folder (its lock free), another still runs (its lock held).
+    fake = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ0aWRlLXRlc3QifQ.c2lnbmF0dXJl"
+    plant = (
+        'set -e; umask 077; for d in "$1" "$2"; do mkdir -p "$d/tokens"; '
+        'printf "%s\\n" "$3" >"$d/tokens/worker.token"; : >"$d/alive"; done; '
+        'nohup flock "$2/alive" sleep 900 >/dev/null 2>&1 &'
+    )
+    # (Paths in the cluster's container, where the pilots make theirs.)
+    dead, live = (f"/tmp/tide-pilot.{tmp_path.name[-6:]}{end}" for end in "DL")  # noqa: S108
+    slurm_lab.slurm("bash", "-c", plant, "-", dead, live, fake)
+    try:
+        with _daemon(tmp_path) as d:
+            _hidden_from_jobs(tmp_path, d.site)
+        # The dead pilot's folder went when the pilot started; the live one's stays.
+        folders = slurm_lab.slurm("sh", "-c", 'ls -d "$@" 2>/dev/null || true', "-", dead, live)
+        assert folders.split() == [live], folders
+    finally:
+        slurm_lab.slurm("sh", "-c", 'pkill -f "flock $2/alive"; rm -rf "$@"', "-", dead, live)
+
+
+def _hidden_from_jobs(tmp_path: Path, site: str) -> None:
+    """A job on this site's pilot finds no token; the pilot's own is bounded."""
+    cluster = _grid_jobs(site, 1, seconds=5)  # a pilot comes for it
+    _until("the grid job done on a pilot", lambda: _done(cluster) == 1)
+    (pilot,) = _pilots(site)
+    # The lab's nodes have bubblewrap and unprivileged user namespaces:
+    # a job runs in a mount namespace where the pilot's folder and the
+    # staged tokens are empty. It finds no token at all.
+    htcondor2 = client()
+    (ad,) = htcondor2.Collector(lab.COLLECTOR).query(
+        htcondor2.AdTypes.Startd,
+        constraint=f'TideResourceId == "{pilot}"',
+        projection=["TideJobNamespace"],
+    )
+    assert ad.get("TideJobNamespace") == "bubblewrap", ad
+    job = lab.run_job(_FIND_TOKENS, on=pilot)
+    assert job.output.rstrip().endswith("done"), job
+    assert "FOUND " not in job.output, job.output
+    assert f"user {slurm_lab.PILOT_USER}\n" in job.output, job.output
+    # Where a node has none, a job could read the token: its bounds.
+    token = _pilot_token(pilot)
+    payload = tokens.claims(token)["payload"]
+    assert payload["sub"] == tokens.worker_identity(pilot, lab.POOL_DOMAIN)
+    assert payload["scope"] == "condor:/ADVERTISE_STARTD condor:/ADVERTISE_MASTER"
+    bound = 600 + walltime_s("01:00:00") + PILOT_TOKEN_MARGIN_S  # boot timeout: the default
+    assert payload["exp"] - payload["iat"] == bound
+    # What a job can do with it: advertise its own pilot, nothing else.
+    assert_advertises_only_its_own(tmp_path, token, pilot)
