@@ -300,7 +300,8 @@ def worker_image_root() -> Traversable:
 def _environment_config(env: Mapping[str, str]) -> str:
     """What tide-entrypoint writes into 50-tide-env.conf for an execute node
     from its environment (images/condor/README.md), bar what needs root or
-    the shared port: the same settings from the same values."""
+    the shared port: the same settings from the same values (pinned to the
+    real entrypoint by tests/integration/test_worker_recipe_image.py)."""
     domain, collector = env["TIDE_POOL_DOMAIN"], env["TIDE_COLLECTOR"]
     lines = [
         "# From the worker recipe's environment, as tide-entrypoint writes it.",
