@@ -8,6 +8,8 @@ A record's state follows what is seen (`evidence`):
 * a REQUESTED resource its site lists is BOOTING (its create happened);
 * a resource its site no longer lists is GONE, except a boot younger than
   the listing grace (a cloud's listing may lag behind its create call);
+  so is one of which the site lists only a record (`Owned.ended`: a Slurm
+  pilot that has ended), except a boot that ended failed: a failed boot;
 * a resource its site lists as this controller's that the store does not
   know (a lost state file) is an orphan, adopted in the state it is in;
   only one that never registered may then be destroyed at once.
@@ -80,6 +82,8 @@ def evidence(
         known.add(record.id)
         listing = listed_by_site.get(record.site)
         owned = None if listing is None else listing.get(record.id)
+        if owned is not None and owned.ended and not (owned.failed and record.state in _BOOTS):
+            owned = None  # only a record of it is left at its site: gone, as if unlisted
         young = record.state in _BOOTS and now - record.state_since < listing_grace_s
         if listing is not None and owned is None and not young:
             moves.append(
@@ -97,8 +101,8 @@ def evidence(
     adopt: list[tuple[Orphan, State]] = []
     for site, listing in sorted(listed_by_site.items()):
         for rid, owned in sorted(listing.items()):
-            if rid in known:
-                continue
+            if rid in known or owned.ended:
+                continue  # known; or only a record of it is left: nothing to adopt
             slot = _UNSEEN if slots is None else slots.get(rid, _UNSEEN)
             orphan = Orphan(rid, site, tuple(sorted(owned.details.items())), slot.advertised)
             state = (

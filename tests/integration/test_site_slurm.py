@@ -21,11 +21,15 @@ Slurm jobs - into the lab pool for grid jobs that only the site can run.
   namespace of their own (bubblewrap) where they find no token; where a
   node allows none, a job could read it, and it advertises nothing but
   that pilot, for no longer than the pilot can live.
+- A pilot whose startd cannot start (a setting it refuses) ends at once
+  with the tail of HTCondor's logs in its Slurm output, and the controller
+  logs the reason and counts a failed boot.
 """
 
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -408,3 +412,44 @@ def _hidden_from_jobs(tmp_path: Path, site: str) -> None:
     assert payload["exp"] - payload["iat"] == bound
     # What a job can do with it: advertise its own pilot, nothing else.
     assert_advertises_only_its_own(tmp_path, token, pilot)
+
+
+def test_a_pilot_whose_startd_cannot_start_ends_at_once_and_the_controller_says_why(
+    tmp_path: Path,
+) -> None:
+    # NUM_CPUS must be a number: the real startd refuses to start, and its
+    # master would start it again for ever.
+    with _daemon(tmp_path, {"condor_config": {"NUM_CPUS": "many"}}) as d:
+        _grid_jobs(d.site, 1)
+        _until(
+            "a pilot that failed to boot, in the controller's log",
+            lambda: "failed to boot" in d.log.read_text(),
+            timeout=180,
+        )
+        _until(
+            "its failed boot counted",
+            lambda: "boot failed at the site" in d.log.read_text(),
+            timeout=60,
+        )
+    text = d.log.read_text()
+    (line,) = [x for x in text.splitlines() if "failed to boot" in x][:1]
+    pilot = re.search(r"pilot (tide-\S+) \(job (\d+)\)", line)
+    assert pilot, line
+    assert "the STARTD exited with status" in line, line
+    assert "NUM_CPUS" in line, line  # the startd's own words
+    # Its Slurm output: why, and the tail of each of HTCondor's logs.
+    output = slurm_lab.slurm("cat", f".tide/{pilot[1]}-{pilot[2]}.out")
+    assert "tide-pilot: boot failed: the STARTD exited with status" in output
+    assert "--- the last lines of HTCondor's pilot.log ---" in output  # the master's (-t)
+    assert "--- the last lines of HTCondor's StartLog ---" in output
+    # Its own report, not the boot timeout, ended it ("boot timeout: ..." otherwise).
+    assert not re.search(r"boot timeout: \S+ \d+s, no slot advertised", text)
+    state = tmp_path / "state" / "state.sqlite3"
+    conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=10)
+    try:
+        (failures,) = conn.execute(
+            "SELECT failures FROM sites WHERE name = ?", (d.site,)
+        ).fetchone()
+    finally:
+        conn.close()
+    assert failures >= 1

@@ -15,7 +15,10 @@ virtual clock by the call's duration and injects the schedule's faults
   Destroy is SIGTERM: running jobs are vacated back to idle, the pilot stays
   listed holding its node for 1-20 s, then it is gone. Owners submit jobs
   in bursts wanting nodes; the head owner job starts as soon as enough nodes
-  are free (owners before pilots).
+  are free (owners before pilots). A placed pilot's daemons may fail (5 %):
+  it ends at once, its node free, and the site lists only a record of it
+  (Owned.ended and failed) for FAILED_RECORD_S, as the Slurm adapter
+  reports the reason a failed pilot left.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from tide.sites.base import Capability, Owned, OwnerQueue, SiteAdapter, SiteErro
 
 if TYPE_CHECKING:
     from tests.simulation.world import World
+
+
+FAILED_RECORD_S = 600.0
+"""How long a simulated Slurm site lists a pilot whose boot failed."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +263,7 @@ class SlurmSim(SimSite):
         self._blocked_head: int | None = None
         self.last_answer: OwnerQueue | None = None
         self.vacate_s = (1.0, 20.0)  # a SIGTERMed pilot holds its node this long
+        self.failed_records: dict[str, float] = {}  # pilots whose boot failed: listed until
 
     # nodes
 
@@ -290,8 +298,30 @@ class SlurmSim(SimSite):
                 rid = self.pending_pilots.pop(0)
                 r = self.resources[rid]
                 r.placed, r.status = True, "RUNNING"
-                w.after(w.rng.uniform(2.0, 8.0), functools.partial(self._startd, rid), None)
+                if w.rng.random() < 0.05:  # its daemons fail: it ends at once
+                    w.after(w.rng.uniform(1.0, 5.0), functools.partial(self._boot_fails, rid), None)
+                else:
+                    w.after(w.rng.uniform(2.0, 8.0), functools.partial(self._startd, rid), None)
         self._blocked()
+
+    def _boot_fails(self, rid: str) -> None:
+        r = self.resources.get(rid)
+        if r is None or r.vacating:
+            return
+        w = self.world
+        del self.resources[rid]
+        self.failed_records[rid] = w.clock() + FAILED_RECORD_S
+        w.log(f"{self.name}: pilot {rid} failed to boot, its node free")
+        self.schedule()
+
+    def _list(self) -> list[Owned]:
+        now = self.world.clock()
+        self.failed_records = {rid: t for rid, t in self.failed_records.items() if now < t}
+        ended = [
+            Owned(rid, "FAILED", {}, failed=True, placed=False, ended=True)
+            for rid in sorted(self.failed_records)
+        ]
+        return [*super()._list(), *ended]
 
     def _blocked(self) -> None:
         """Since when the head owner job waits only because pilots hold nodes:

@@ -662,6 +662,48 @@ def test_a_boot_its_site_reports_failed_is_destroyed_at_once(store: Store) -> No
     assert w.controller.health("a").consecutive_failures == 1  # and the site backs off
 
 
+def test_a_boot_that_ended_failed_at_its_site_is_a_failed_boot_and_then_gone(
+    store: Store,
+) -> None:
+    """A Slurm pilot whose daemons failed: the site lists only a record of it."""
+    w = World(store)
+    w.want(1)
+    w.controller.cycle()
+    (rid,) = w.sites["a"].created
+    ended = Owned(rid, "FAILED", {"job_id": "71"}, failed=True, placed=False, ended=True)
+    w.sites["a"].owned[rid] = ended
+    w.clock.now += 5  # long before the boot timeout
+    (destroy,) = w.controller.cycle().actions
+    assert isinstance(destroy, Destroy)
+    assert destroy.reason.startswith("boot failed at the site")
+    assert w.controller.health("a").consecutive_failures == 1
+    w.sites["a"].owned[rid] = ended  # its site still keeps the record: it is gone all the same
+    w.clock.now += 5
+    w.controller.cycle()
+    assert w.states()[rid] is State.GONE
+
+
+def test_a_running_resource_of_which_only_a_record_is_left_is_gone(store: Store) -> None:
+    w, rid = running_world(store)
+    w.sites["a"].owned[rid] = Owned(rid, "FAILED", {}, failed=True, placed=False, ended=True)
+    w.slots.slots = {}
+    w.clock.now += 1
+    w.controller.reconcile()
+    assert w.states()[rid] is State.GONE
+    assert store.history(rid)[-1].reason.startswith("vanished")
+    assert w.controller.health("a").consecutive_failures == 0  # it booted: no failed boot
+
+
+def test_a_record_of_an_ended_resource_is_no_orphan(store: Store) -> None:
+    w = World(store)
+    w.sites["a"].owned["tide-a-99999999"] = Owned(
+        "tide-a-99999999", "FAILED", {}, failed=True, placed=False, ended=True
+    )
+    w.controller.reconcile()
+    assert "tide-a-99999999" not in w.states()
+    assert w.sites["a"].destroyed == []
+
+
 def test_a_collector_that_lost_every_ad_never_costs_a_live_worker(store: Store) -> None:
     w, rid = running_world(store, idle=False)
     w.slots.slots = {}  # the collector restarted: it answers, but knows no slot yet

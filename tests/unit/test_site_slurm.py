@@ -593,3 +593,179 @@ def test_a_destroyed_pilots_token_is_removed_and_stale_ones_swept(tmp_path: Path
 def test_walltimes_in_seconds() -> None:
     assert walltime_s("12:00:00") == 43200
     assert walltime_s("2-01:00:05") == 2 * 86400 + 3605
+
+
+# --- a pilot whose boot failed ------------------------------------------------
+
+
+class Listing(NoExecutor):
+    """squeue answered from `queues` in turn, sbatch with job 73; the rest
+    (staging, the reasons of failed boots) run by the real shell, with HOME
+    at `home`."""
+
+    def __init__(self, queues: Sequence[str], home: Path) -> None:
+        self.queues = iter(queues)
+        self.home = home
+        self.calls: list[tuple[str, ...]] = []
+
+    def run(
+        self, argv: Sequence[str], *, stdin: str | None = None, timeout_s: float = 30.0
+    ) -> Completed:
+        self.calls.append(tuple(argv))
+        if argv[0] == "squeue":
+            return Completed(tuple(argv), 0, next(self.queues), "")
+        if argv[0] == "sbatch":
+            return Completed(tuple(argv), 0, "73\n", "")
+        done = subprocess.run(
+            list(argv),
+            env={"HOME": str(self.home), "PATH": os.environ["PATH"]},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout_s,
+        )
+        return Completed(tuple(argv), done.returncode, done.stdout, done.stderr)
+
+
+def test_a_pilot_whose_boot_failed_is_reported_ended_and_failed_with_its_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    failed = tmp_path / ".tide" / "failed" / "tide-lab" / "maxwell"  # this owner's, this site's
+    failed.mkdir(parents=True)
+    other = tmp_path / ".tide" / "failed" / "tide-lab" / "desy"  # another site's: not read
+    other.mkdir()
+    (other / "tide-desy-e.reason").write_text("not this site's\n")
+    # Left before this controller started: read at its first listing.
+    (failed / "tide-maxwell-c.reason").write_text("HTCondor's master exited (status 1)\n")
+    old = failed / "tide-maxwell-old.reason"
+    old.write_text("long ago\n")
+    os.utime(old, (time.time() - 30 * 60, time.time() - 30 * 60))
+    a, b = f"71|tide-maxwell-a|RUNNING|{OURS}\n", f"72|tide-maxwell-b|RUNNING|{OURS}\n"
+    executor = Listing([a + b, b, b, ""], tmp_path)
+    site = _site(tmp_path, executor)
+
+    with caplog.at_level("WARNING"):
+        first = site.list_owned()
+    assert [c[0] for c in executor.calls] == ["squeue", "sh"]
+    assert [(o.resource_id, o.ended) for o in first] == [
+        ("tide-maxwell-a", False),
+        ("tide-maxwell-b", False),
+        ("tide-maxwell-c", True),
+    ]
+    assert not old.exists()  # swept: its pilot's record is long gone
+    assert [r.getMessage().split("pilot ", 1)[1] for r in caplog.records] == [
+        "tide-maxwell-c (job ?) failed to boot: HTCondor's master exited (status 1)"
+    ]
+    # Pilot a fails; pilot d is submitted and fails before the next listing sees it.
+    (failed / "tide-maxwell-a.reason").write_text(
+        'the STARTD exited with status 4: ERROR "SLOT_TYPE_1: too many cpus"\n'
+    )
+    assert site.create("tide-maxwell-d") == {"job_id": "73"}
+    (failed / "tide-maxwell-d.reason").write_text("the STARTD died due to signal 11\n")
+    caplog.clear()
+    executor.calls.clear()
+    with caplog.at_level("WARNING"):
+        second = {o.resource_id: o for o in site.list_owned()}
+    (read,) = [c for c in executor.calls if c[0] == "sh"]
+    assert read[-2:] == ("tide-maxwell-a", "tide-maxwell-d")  # only those that left
+    gone = second["tide-maxwell-a"]
+    assert (gone.failed, gone.ended, gone.placed, gone.details) == (
+        True,
+        True,
+        False,
+        {"job_id": "71"},
+    )
+    assert second["tide-maxwell-d"].details == {"job_id": "73"}
+    assert [r.getMessage().split("pilot ", 1)[1] for r in caplog.records] == [
+        "tide-maxwell-a (job 71) failed to boot: the STARTD exited with status 4: "
+        'ERROR "SLOT_TYPE_1: too many cpus"',
+        "tide-maxwell-d (job 73) failed to boot: the STARTD died due to signal 11",
+    ]
+    # Still reported (should the cycle that read it fail); read and logged once.
+    caplog.clear()
+    executor.calls.clear()
+    assert sorted(o.resource_id for o in site.list_owned()) == [
+        "tide-maxwell-a",
+        "tide-maxwell-b",
+        "tide-maxwell-c",
+        "tide-maxwell-d",
+    ]
+    assert [c[0] for c in executor.calls] == ["squeue"]
+    assert not caplog.records
+    # A pilot that left the queue with no reason behind it ended; it did not fail.
+    assert "tide-maxwell-b" not in [o.resource_id for o in site.list_owned()]
+    assert executor.calls[-1][-1] == "tide-maxwell-b"
+
+
+def _native_pilot(tmp_path: Path, master: str) -> subprocess.CompletedProcess[str]:
+    """The native pilot's script, run by bash with a stand-in condor_master
+    (`master`: its body) on PATH, in a staging folder of its own."""
+    staging, bin_dir, tmp = tmp_path / "staging", tmp_path / "bin", tmp_path / "tmp"
+    for folder in (staging, bin_dir, tmp):
+        folder.mkdir()
+    (staging / "worker.token").write_text("x\n")
+    stand_in = bin_dir / "condor_master"
+    stand_in.write_text('#!/bin/bash\nlog="$(dirname "$CONDOR_CONFIG")/log"\n' + master)
+    stand_in.chmod(0o755)
+    site = _site(tmp_path)
+    site._work_dir = str(staging)
+    return subprocess.run(
+        ["bash", "-s"],
+        input=site.script("tide-maxwell-0000abcd"),
+        cwd=staging,
+        env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "TMPDIR": str(tmp), "HOME": str(tmp)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("master", "reason"),
+    [
+        (  # the startd exits at its start; the master would restart it for ever
+            # (a shell's background job ignores SIGQUIT: the stand-in sets its own
+            # handler first, as HTCondor does; then the startd's log as HTCondor 23
+            # writes it, lines that look like errors first, and the master's line)
+            "exec python3 - \"$log\" <<'EOF'\n"
+            "import signal, sys, time\n"
+            "signal.signal(signal.SIGQUIT, lambda *_: sys.exit(0))\n"
+            "open(sys.argv[1] + '/StartLog', 'w').write(\n"
+            "    '12/07/26 16:00:01 Daemon Log is logging: D_ALWAYS D_ERROR\\n'\n"
+            "    '12/07/26 16:00:01 Failed to run hibernation plugin\\n'\n"
+            "    '12/07/26 16:00:01 ERROR \"SLOT_TYPE_1: too many cpus\" at line 1\\n')\n"
+            "print('12/07/26 16:00:01 The STARTD (pid 4321) exited with status 4', flush=True)\n"
+            "time.sleep(300)\n"
+            "EOF\n",
+            "the STARTD exited with status 4: "
+            '12/07/26 16:00:01 ERROR "SLOT_TYPE_1: too many cpus" at line 1',
+        ),
+        (  # the master itself
+            'echo "ERROR: cannot read the configuration" >&2\nexit 1\n',
+            "HTCondor's master exited (status 1) before the startd was up: "
+            "ERROR: cannot read the configuration",
+        ),
+    ],
+)
+def test_a_native_pilot_whose_daemons_fail_ends_at_once_and_says_why(
+    tmp_path: Path, master: str, reason: str
+) -> None:
+    started = time.monotonic()
+    done = _native_pilot(tmp_path, master)
+    assert done.returncode == 3, done.stderr
+    assert time.monotonic() - started < 30  # not the boot timeout's minutes
+    assert f"tide-pilot: boot failed: {reason}" in done.stderr
+    assert "--- the last lines of HTCondor's" in done.stderr
+    reason_file = tmp_path / "staging" / "failed/tide-lab/maxwell/tide-maxwell-0000abcd.reason"
+    assert reason_file.read_text() == reason + "\n"
+    assert list((tmp_path / "tmp").iterdir()) == []  # its folder (the token) is gone
+
+
+def test_a_native_pilot_whose_startd_is_up_is_no_failure(tmp_path: Path) -> None:
+    """Up (its address written), then its master ends: the pilot's end, not a failed boot."""
+    master = "echo \"12/07/26 16:00:01 Setting ready state 'Ready' for STARTD\"\nsleep 1\nexit 0\n"
+    done = _native_pilot(tmp_path, master)
+    assert done.returncode == 0, done.stderr
+    assert "boot failed" not in done.stderr
+    assert not (tmp_path / "staging" / "failed").exists()

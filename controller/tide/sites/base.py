@@ -112,6 +112,8 @@ class Owned:
     details: Mapping[str, str] = field(default_factory=dict)  # as create returned them
     failed: bool = False  # the site says it will never come up (e.g. OpenStack's ERROR)
     placed: bool = True  # it has its machine; False: still queued (a Slurm pilot pending)
+    ended: bool = False  # only a record of it is left: it holds nothing (a Slurm pilot whose
+    # boot failed, `failed` too): a boot ended so has failed, anything else is gone
 
 
 @dataclass(frozen=True)

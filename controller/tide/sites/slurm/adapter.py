@@ -153,6 +153,31 @@ _STAGE_AND_SUBMIT = (
     'unset t; "$@"; rc=$?; [ "$rc" -eq 0 ] || rm -f -- "$f"; exit "$rc"'
 )
 
+FAILED_DIR = "failed"
+"""The folder in `work_dir` where a pilot whose boot failed leaves the reason
+(`<owner>/<site>/<resource>.reason`, one line, no secret), for the
+controller that owns it to log."""
+
+LOG_TAIL_LINES = 30
+"""Of each of HTCondor's logs, a pilot whose boot failed prints this many
+last lines into its Slurm output."""
+
+FAILURE_KEPT_S = 600.0
+"""A failed boot is reported this long after it was read (the controller
+acts on it within a cycle; a report is kept should that cycle fail)."""
+
+# A failed boot's reason, of the pilots named in $4... (none named: of every
+# pilot that left one in the folder $2 of work_dir $1): `<resource>|<reason>`
+# lines; reasons older than $3 minutes are swept on the way (their pilots'
+# records are long gone).
+_READ_FAILURES = (
+    'cd && cd -- "$1" 2>/dev/null && cd -- "$2" 2>/dev/null || exit 0; m=$3; shift 3; '
+    'find . -maxdepth 1 -type f -name "*.reason" -mmin "+$m" -delete; '
+    '[ "$#" -gt 0 ] || for f in *.reason; do [ -f "$f" ] && set -- "$@" "${f%.reason}"; done; '
+    'for r; do [ -f "$r.reason" ] || continue; printf "%s|" "$r"; '
+    'head -n 1 -- "$r.reason" | cut -c 1-400; done; exit 0'
+)
+
 _TEMPLATE = "slurm-pilot.sh.j2"
 _LINE_SHOWN = 120  # of a malformed output line, in an error message
 _GONE_JOB = ("Invalid job id", "already completing or completed", "Job has already finished")
@@ -195,7 +220,12 @@ class SlurmBackfillSite(SiteAdapter):
         self._orphan_minutes = int(boot_timeout_s + PILOT_TOKEN_MARGIN_S) // 60 + 1
         self._shape = shape
         self._tags = f"{OWNER_TAG}={owner} {SITE_TAG}={name}"
+        self._failed_dir = f"{FAILED_DIR}/{owner}/{name}"  # this controller's pilots' reasons
         self._work_dir: str | None = None  # absolute, on the cluster, once staged
+        # The pilots the last listing had, and those submitted since: id -> job
+        # id (None: nothing listed yet since the start).
+        self._listed: dict[str, str] | None = None
+        self._failed: dict[str, tuple[Owned, float]] = {}  # failed boots read, and when
         try:
             self._attributes = worker_attributes(name, config.attributes)
         except ValueError as exc:
@@ -268,9 +298,77 @@ class SlurmBackfillSite(SiteAdapter):
                 retryable=True,
             )
         log.info("site %s: pilot %s submitted as job %s", self.name, resource_id, job_id)
+        if self._listed is not None:  # may have ended before the next listing: asked then
+            self._listed[resource_id] = job_id
         return {JOB_ID: job_id}
 
     def list_owned(self) -> list[Owned]:
+        """The site's pilots in the queue; and a pilot that has left it since
+        the last listing (or was submitted since, and has already ended)
+        whose boot failed - it left a reason behind - as ended and failed,
+        for FAILURE_KEPT_S. Reading the reasons is a second call, made only
+        when pilots have left the queue, and at the first listing after a
+        start (every reason left, the pilots of the records it inherits)."""
+        owned = self._queued()
+        listed = {o.resource_id: o.details.get(JOB_ID, "") for o in owned}
+        now = time.monotonic()
+        if self._listed is None:
+            failures = self._failed_boots(None)
+        else:
+            left = {rid: job for rid, job in self._listed.items() if rid not in listed}
+            failures = self._failed_boots(left) if left else []
+        for failed in failures:
+            self._failed[failed.resource_id] = (failed, now)
+        self._listed = listed
+        self._failed = {
+            rid: (o, seen)
+            for rid, (o, seen) in self._failed.items()
+            if now - seen < FAILURE_KEPT_S and rid not in listed
+        }
+        return [*owned, *(o for o, _ in self._failed.values())]
+
+    def _failed_boots(self, left: Mapping[str, str] | None) -> list[Owned]:
+        """Of the pilots that `left` the queue (None: of all), those whose
+        boot failed, with the reason each left (logged here, once)."""
+        done = self._run(
+            [
+                "sh",
+                "-c",
+                _READ_FAILURES,
+                "tide-failures",
+                self._config.work_dir,
+                self._failed_dir,
+                str(self._orphan_minutes),
+                *sorted(left or ()),
+            ],
+            "reading the reasons of pilots that failed",
+        )
+        failed: list[Owned] = []
+        for _, line in _lines(done.stdout):
+            rid, _, reason = line.partition("|")
+            if (left is not None and rid not in left) or rid in self._failed:
+                continue  # not asked for, or told already
+            job = "" if left is None else left[rid]
+            log.warning(
+                "site %s: pilot %s (job %s) failed to boot: %s",
+                self.name,
+                rid,
+                job or "?",
+                reason.strip() or "no reason given",
+            )
+            failed.append(
+                Owned(
+                    resource_id=rid,
+                    status="FAILED",
+                    details={JOB_ID: job} if job else {},
+                    failed=True,
+                    placed=False,
+                    ended=True,
+                )
+            )
+        return failed
+
+    def _queued(self) -> list[Owned]:
         doing = "listing pilots"
         done = self._run(["squeue", "--me", "--noheader", "--format=%i|%j|%T|%k"], doing)
         owned: list[Owned] = []
@@ -380,6 +478,8 @@ class SlurmBackfillSite(SiteAdapter):
             idle_exit_s=self._config.idle_exit_s,
             vacate_timeout_s=VACATE_TIMEOUT_S,
             max_job_retirement_s=self._config.max_job_retirement_s,
+            log_tail_lines=LOG_TAIL_LINES,
+            failed_dir=self._failed_dir,
             worker_config=self._native_config(resource_id),
             site_conf=_ending_newline(
                 self._recipe(resource_id).site_conf(self._config.condor_config)
