@@ -239,6 +239,11 @@ class SiteSettings(Model):
         """Seconds an owner job waits before it is evacuated for (backfill kinds)."""
         return 0.0
 
+    def end_margin(self) -> float:
+        """Seconds before a resource's advertised end (TideEndTime) from which it
+        takes no job and is no capacity (kinds whose resources end: Slurm)."""
+        return 0.0
+
     def secret_files(self) -> list[Path]:
         """Every secret file this site's configuration names (each must be 0600)."""
         return [f for f in (self.worker_token_file, self.worker_signing_key_file) if f is not None]
@@ -278,6 +283,7 @@ def site_model(name: str, site: SiteSettings) -> Site:
             lost_timeout_s=lim.lost_timeout_s,
             owner_quiet_s=lim.owner_quiet_s,
             owner_grace_s=site.owner_grace(),
+            end_margin_s=site.end_margin(),
             backoff_base_s=lim.backoff_base_s,
             backoff_max_s=lim.backoff_max_s,
         ),

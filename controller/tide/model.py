@@ -74,6 +74,8 @@ class SiteLimits:
     # for nothing this long (hysteresis: owners' jobs come in bursts)
     owner_grace_s: float = 0.0  # an owner job waits this long before it is evacuated for
     # (it blocks boots at once): the cluster's own preemption gets the first chance
+    end_margin_s: float = 0.0  # a resource this close to its advertised end (TideEndTime)
+    # is ending: it takes no job, counts as no capacity, and goes once drained
     redrain_after_s: float = 60.0  # a draining startd seen not draining this long after it
     # was told is told again (it restarted and forgot)
     destroy_retry_max_s: float = (
@@ -131,6 +133,8 @@ class Resource:
     placed: bool = True  # the site gave it its machine; False: a boot still queued there
     # (a Slurm pilot pending), which holds no node an owner could have
     listed: bool | None = None  # its site lists it this cycle (None: not asked, or no answer)
+    ends_at: float | None = None  # when its site will end it, as its startd advertises
+    # (TideEndTime: a Slurm pilot's walltime); None: no end known
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,7 @@ def _seen(
         claimed_slots=slot.claimed_slots,
         drained=slot.drained,
         draining=slot.draining,
+        ends_at=slot.ends_at,
         boot_failed=owned is not None and owned.failed,
         placed=owned is None or owned.placed,
         listed=(owned is not None) if listing else None,

@@ -14,6 +14,11 @@ How a decision is made:
    drained (`held`) is never undrained by demand. A live resource whose slot
    is missing from the collector counts as busy (a restarted collector has
    lost every ad for a while) until `lost_timeout_s`, then it is destroyed.
+   One within its site's `end_margin_s` of the end its startd advertises
+   (TideEndTime: a Slurm pilot's walltime) takes no new job and drains
+   itself: it counts as busy (no capacity; its replacement boots while
+   demand lasts, within the quota) until it reports the drain done, then
+   it is destroyed.
 2. Demand is assigned to sites and packed into their machine shape (see
    `_Packer`): an autocluster's jobs go to its sites in the order it lists
    them, each site taking what fits under its quota before the next gets the
@@ -226,6 +231,7 @@ class _Pool:
     idle: list[Resource] = field(default_factory=list)
     draining_idle: list[Resource] = field(default_factory=list)
     drained: list[Resource] = field(default_factory=list)  # to destroy: nothing runs there
+    ended: list[Resource] = field(default_factory=list)  # near its end and drained: to destroy
     lost: list[Resource] = field(default_factory=list)  # no slot advertised for lost_timeout_s
     busy: list[Resource] = field(default_factory=list)  # jobs running, or may be: fully used
     leaving: list[Resource] = field(default_factory=list)  # stopping or failed: no quota
@@ -236,7 +242,7 @@ class _Pool:
         """Machines that count against the quota but serve no idle job."""
         # Still there: a destroy failed, or its slot is advertised.
         stuck = sum(1 for r in self.leaving if r.destroy_failures > 0 or r.advertised)
-        return len(self.busy) + len(self.drained) + len(self.lost) + stuck
+        return len(self.busy) + len(self.drained) + len(self.ended) + len(self.lost) + stuck
 
     @property
     def usable(self) -> int:
@@ -278,6 +284,8 @@ def _classify_live(pool: _Pool, r: Resource, site: Site, now: float) -> None:
             pool.lost.append(r)
         else:
             pool.busy.append(r)  # may be running jobs: kept, and never counted free
+    elif ending(r, site, now):  # it takes no job and drains itself: no capacity, kept until drained
+        (pool.ended if r.drained else pool.busy).append(r)
     elif r.claimed_slots > 0:
         pool.busy.append(r)
     elif r.state is State.RUNNING:
@@ -289,6 +297,14 @@ def _classify_live(pool: _Pool, r: Resource, site: Site, now: float) -> None:
             pool.busy.append(r)  # an operator's drain still in progress
     else:
         pool.draining_idle.append(r)
+
+
+def ending(r: Resource, site: Site, now: float) -> bool:
+    """Whether the resource is within its site's end margin of the end its
+    startd advertises (a Slurm pilot's walltime): it takes no new job, so it
+    is no capacity for any, and its replacement boots while demand lasts."""
+    margin = site.limits.end_margin_s
+    return margin > 0 and r.ends_at is not None and r.ends_at - now <= margin
 
 
 def _owners_first(site: Site, owners: Owners | None, now: float) -> bool:
@@ -317,8 +333,8 @@ def _evacuate(pool: _Pool, owners: Owners, due: int, *, slots_known: bool) -> li
     grace time) the nodes they lack, plus what an
     operator asked for, and take what is given out of `pool` (it serves no
     grid demand any more). Nodes already on their way back count against
-    the owners' need: free ones, those of boots timing out, drained and lost
-    resources (destroyed this cycle anyway) - but not a boot timed out by
+    the owners' need: free ones, those of boots timing out, drained (also
+    at their end) and lost resources (destroyed this cycle anyway) - but not a boot timed out by
     absence while the collector cannot vouch: its destroy is held back, so
     it frees nothing and is evacuated like any other boot. The resources
     with the fewest running jobs go first, boots before running machines."""
@@ -340,7 +356,7 @@ def _evacuate(pool: _Pool, owners: Owners, due: int, *, slots_known: bool) -> li
     vacating = sum(1 for r in pool.leaving if r.placed and r.listed is not False)
     held = [r for r in pool.timed_out if not slots_known and not r.boot_failed]
     timing_out = sum(r.placed for r in pool.timed_out if r not in held)
-    freeing = timing_out + len(pool.drained) + len(pool.lost) + vacating
+    freeing = timing_out + len(pool.drained) + len(pool.ended) + len(pool.lost) + vacating
     owners_lack = due - owners.free_nodes - freeing if waiting else 0
     lacking = max(0, owners_lack) + owners.evacuate_nodes
     if lacking <= 0:
@@ -491,6 +507,10 @@ def _site_actions(
     actions += [
         Destroy(r.id, "operator drain done: no job left")
         for r in sorted(pool.drained, key=lambda r: r.id)
+    ]
+    actions += [
+        Destroy(r.id, f"ending in {(r.ends_at or now) - now:.0f}s: drained, no job left")
+        for r in sorted(pool.ended, key=lambda r: r.id)
     ]
     actions += [
         Destroy(r.id, f"lost: no slot advertised for {now - (r.lost_since or now):.0f}s")

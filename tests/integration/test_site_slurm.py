@@ -21,6 +21,9 @@ Slurm jobs - into the lab pool for grid jobs that only the site can run.
   namespace of their own (bubblewrap) where they find no token; where a
   node allows none, a job could read it, and it advertises nothing but
   that pilot, for no longer than the pilot can live.
+- A pilot with a short walltime takes a job that fits and refuses one
+  whose declared runtime does not, drains before its end, and a
+  replacement boots before that end while demand lasts.
 - A pilot whose startd cannot start (a setting it refuses) ends at once
   with the tail of HTCondor's logs in its Slurm output, and the controller
   logs the reason and counts a failed boot.
@@ -453,3 +456,61 @@ def test_a_pilot_whose_startd_cannot_start_ends_at_once_and_the_controller_says_
     finally:
         conn.close()
     assert failures >= 1
+
+
+def _pilot_slots(site: str) -> list[tuple[str, str, str, int]]:
+    """(resource, State, Activity, TideEndTime) of the site's slots in the pool."""
+    out = lab.in_container(
+        lab.CM_HOST,
+        lab.CM_CONTAINER,
+        "condor_status",
+        "-const",
+        f'TideSite == "{site}"',
+        "-af",
+        "TideResourceId",
+        "State",
+        "Activity",
+        "TideEndTime",
+        check=False,
+    ).stdout
+    rows = [line.split() for line in out.splitlines()]
+    return [(r[0], r[1], r[2], int(r[3])) for r in rows if len(r) == 4 and r[3].isdigit()]
+
+
+def test_a_pilot_near_its_walltime_refuses_what_will_not_fit_drains_and_is_replaced(
+    tmp_path: Path,
+) -> None:
+    # A 3-minute walltime, no new job in the last 100 s: a pilot takes jobs
+    # for 80 s, and only jobs declared to fit in what is left of them.
+    settings = {"walltime": "00:03:00", "drain_before_end_s": 100}
+    with _daemon(tmp_path, settings) as d:
+        fits = _submit(d.site, 10, 1, "allowed_job_duration = 40", "+TideSlurmTest = true")
+        never = _submit(d.site, 1, 1, "allowed_job_duration = 600", "+TideSlurmTest = true")
+        _until("the job that fits done", lambda: _done(fits) == 1, timeout=180)
+        # A pilot drains before its end ...
+        drained: list[tuple[str, int]] = []
+
+        def draining() -> bool:
+            now = time.time()
+            drained[:] = [
+                (rid, end)
+                for rid, state, activity, end in _pilot_slots(d.site)
+                if (state == "Drained" or activity == "Retiring") and end - now > 10
+            ]
+            return bool(drained)
+
+        _until("a pilot draining before its end", draining, timeout=150)
+        pilot, end = drained[0]
+        # ... and while the job that does not fit waits, its replacement boots before that end.
+        submitted = len(re.findall(r"submitted as job", d.log.read_text()))
+
+        def replaced() -> bool:
+            return len(re.findall(r"submitted as job", d.log.read_text())) > submitted
+
+        if not replaced():
+            _until("a replacement submitted", replaced, timeout=max(1.0, end - time.time() - 5))
+        assert time.time() < end, "the replacement came only after the pilot's end"
+        # No pilot ever took the job declared to outlast what it had left.
+        assert _jobs(never) == [(1, 0)]
+        lab.in_container(lab.CM_HOST, lab.CM_CONTAINER, "condor_rm", never, check=False)
+    assert pilot.startswith(f"tide-{d.site}-")

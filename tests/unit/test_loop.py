@@ -463,6 +463,17 @@ def test_slots_from_ads_counts_claimed_dynamic_slots() -> None:
     assert slots_from_ads(ads) == {"r1": SlotState(True, 2), "r2": SlotState(True, 0)}
 
 
+def test_a_resource_ends_at_the_earliest_end_its_ads_advertise() -> None:
+    ads = [
+        {"TideResourceId": "r1", "SlotType": "Partitionable", "TideEndTime": 2000},
+        {"TideResourceId": "r1", "SlotType": "Dynamic", "TideEndTime": 1500},
+        {"TideResourceId": "r2", "SlotType": "Partitionable", "TideEndTime": "soon"},
+        {"TideResourceId": "r3", "SlotType": "Partitionable", "TideEndTime": True},
+    ]
+    ends = {rid: s.ends_at for rid, s in slots_from_ads(ads).items()}
+    assert ends == {"r1": 1500.0, "r2": None, "r3": None}  # a number or nothing
+
+
 def _pslot(rid: str, state: str, children: list[tuple[str, str]]) -> dict[str, object]:
     return {
         "TideResourceId": rid,

@@ -527,3 +527,38 @@ def test_decide_reads_no_clock(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(time, name, no_clock)
     actions: tuple[Action, ...] = decide(_mixed()).actions
     assert actions
+
+
+# --- resources that end (a Slurm pilot's walltime) ------------------------
+
+
+def ending_site(margin: float = 600, max_resources: int = 100) -> Site:
+    s = site(max_resources=max_resources)
+    return replace(s, limits=replace(s.limits, end_margin_s=margin))
+
+
+def test_a_pilot_near_its_end_is_no_capacity_and_its_replacement_boots() -> None:
+    near = replace(idle("near"), ends_at=NOW + 300)  # within the 600 s margin
+    far = replace(idle("far"), ends_at=NOW + 3600)
+    plan = decide(snap(sites=(ending_site(),), demand=(jobs(16),), resources=(near, far)))
+    # Two machines needed: the far one serves, the near one does not: one boots.
+    assert bare(plan) == [("create", "a", 1)]
+
+
+def test_a_pilot_near_its_end_is_never_undrained_and_goes_once_drained() -> None:
+    ending = replace(draining("ending", drained=False), ends_at=NOW + 300)
+    drained = replace(draining("drained"), ends_at=NOW + 200)
+    plan = decide(snap(sites=(ending_site(),), demand=(jobs(8),), resources=(ending, drained)))
+    assert bare(plan) == [("destroy", "drained", None), ("create", "a", 1)]
+    assert reasons(plan)[0] == "ending in 200s: drained, no job left"
+
+
+def test_a_pilot_near_its_end_counts_against_the_quota() -> None:
+    near = replace(idle("near"), ends_at=NOW + 300)
+    plan = decide(snap(sites=(ending_site(max_resources=1),), demand=(jobs(8),), resources=(near,)))
+    assert bare(plan) == []  # it still holds its node: the replacement waits for it
+
+
+def test_an_end_is_ignored_where_the_site_has_no_margin() -> None:
+    near = replace(idle("near"), ends_at=NOW + 300)
+    assert bare(decide(snap(demand=(jobs(8),), resources=(near,)))) == []

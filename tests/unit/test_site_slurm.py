@@ -76,6 +76,11 @@ def test_a_slurm_site_config_loads_with_its_defaults(tmp_path: Path) -> None:
         ("    partition: backfill", "    partition: 'back fill'", "sites.maxwell.partition"),
         ("    owner_partitions: [owner]", "    walltime: 12h", "sites.maxwell.walltime"),
         ("      port: 29808", "      port: 0", "sites.maxwell.login.port"),
+        (  # the default walltime is 12 h
+            "    partition: backfill",
+            "    partition: backfill\n    drain_before_end_s: 43200",
+            "drain_before_end_s (43200 s) must be less than the walltime (12:00:00)",
+        ),
     ],
 )
 def test_bad_slurm_settings_are_named(tmp_path: Path, line: str, value: str, message: str) -> None:
@@ -283,7 +288,10 @@ def _written_config(script: str) -> str:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "condor_config"
-        prelude = "work='$work' user='$user' paths= namespace='$namespace' SLURM_JOB_ID=\n"
+        prelude = (
+            "work='$work' user='$user' paths= namespace='$namespace' SLURM_JOB_ID=\n"
+            "end='$end' takes_jobs_until='$takes_jobs_until'\n"
+        )
         body = part.replace('"$work/condor_config"', shlex.quote(str(out)))
         subprocess.run(["bash", "-c", prelude + body], check=True)
         return out.read_text()
@@ -697,23 +705,34 @@ def test_a_pilot_whose_boot_failed_is_reported_ended_and_failed_with_its_reason(
     assert executor.calls[-1][-1] == "tide-maxwell-b"
 
 
-def _native_pilot(tmp_path: Path, master: str) -> subprocess.CompletedProcess[str]:
+def _native_pilot(
+    tmp_path: Path,
+    master: str,
+    *,
+    site: SlurmBackfillSite | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """The native pilot's script, run by bash with a stand-in condor_master
     (`master`: its body) on PATH, in a staging folder of its own."""
     staging, bin_dir, tmp = tmp_path / "staging", tmp_path / "bin", tmp_path / "tmp"
     for folder in (staging, bin_dir, tmp):
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)
     (staging / "worker.token").write_text("x\n")
     stand_in = bin_dir / "condor_master"
     stand_in.write_text('#!/bin/bash\nlog="$(dirname "$CONDOR_CONFIG")/log"\n' + master)
     stand_in.chmod(0o755)
-    site = _site(tmp_path)
+    site = site or _site(tmp_path)
     site._work_dir = str(staging)
     return subprocess.run(
         ["bash", "-s"],
         input=site.script("tide-maxwell-0000abcd"),
         cwd=staging,
-        env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "TMPDIR": str(tmp), "HOME": str(tmp)},
+        env={
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "TMPDIR": str(tmp),
+            "HOME": str(tmp),
+            **(env or {}),
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -769,3 +788,49 @@ def test_a_native_pilot_whose_startd_is_up_is_no_failure(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert "boot failed" not in done.stderr
     assert not (tmp_path / "staging" / "failed").exists()
+
+
+def test_a_native_pilot_advertises_its_end_and_takes_no_job_that_outlasts_it(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(_site(tmp_path).script("tide-maxwell-0000abcd"))
+    assert settings["TideEndTime"] == "$end"
+    assert settings["TideTakesJobsUntil"] == "$takes_jobs_until"
+    assert {"TideEndTime", "TideTakesJobsUntil"} <= set(settings["STARTD_ATTRS"].split())
+    # The recipe's START, and no job after the cut nor one declared to outlast it.
+    assert settings["START"] == (
+        "(True) && time() < $takes_jobs_until && (TARGET.AllowedJobDuration =?= undefined"
+        " || time() + TARGET.AllowedJobDuration <= $takes_jobs_until)"
+    )
+
+
+@pytest.mark.parametrize("slurm_end", [True, False])
+def test_a_native_pilot_ends_when_slurm_says_and_drains_before(
+    tmp_path: Path, slurm_end: bool
+) -> None:
+    """Run for real (a stand-in master and condor_drain): the end is Slurm's
+    SLURM_JOB_END_TIME, else the start and the walltime; the drain comes
+    drain_before_end_s before it (here at once: the end is near)."""
+    now = int(time.time())
+    end = now + 100 if slurm_end else now + 12 * 3600
+    site = _site(tmp_path)
+    site._config = site._config.model_copy(
+        update={"drain_before_end_s": 100 if slurm_end else 12 * 3600 - 1}
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    drain = bin_dir / "condor_drain"
+    drain.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/drained\n')
+    drain.chmod(0o755)
+    master = (
+        f'cp "$CONDOR_CONFIG" {tmp_path}/config\n'
+        "echo \"12/07/26 16:00:01 Setting ready state 'Ready' for STARTD\"\n"
+        f"for _ in $(seq 50); do [ -s {tmp_path}/drained ] && exit 0; sleep 0.1; done\nexit 1\n"
+    )
+    env = {"SLURM_JOB_END_TIME": str(end)} if slurm_end else {"SLURM_JOB_START_TIME": str(now)}
+    done = _native_pilot(tmp_path, master, site=site, env=env)
+    assert done.returncode == 0, done.stderr
+    written = _config_settings((tmp_path / "config").read_text())
+    assert abs(int(written["TideEndTime"]) - end) <= 2
+    assert int(written["TideTakesJobsUntil"]) <= now + 2  # the cut: now, at the latest
+    assert f"the walltime ends at {written['TideEndTime']}" in (tmp_path / "drained").read_text()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 RESOURCE_ID_ATTR = "TideResourceId"
+END_TIME_ATTR = "TideEndTime"
+"""When the resource's site will end it (epoch seconds): a Slurm pilot's walltime."""
 SLOT_CONSTRAINT = f"{RESOURCE_ID_ATTR} =!= undefined"
 SLOT_PROJECTION = [
     RESOURCE_ID_ATTR,
@@ -22,6 +24,7 @@ SLOT_PROJECTION = [
     "PslotRollupInformation",
     "ChildState",
     "ChildActivity",
+    END_TIME_ATTR,
 ]
 
 
@@ -33,6 +36,7 @@ class SlotState:
     claimed_slots: int
     drained: bool = False  # every slot of its startd is in state "Drained"
     draining: bool = False  # a slot is "Drained" or "Retiring": its startd drains
+    ends_at: float | None = None  # its advertised end (TideEndTime), the earliest of its ads
 
 
 class Slots(Protocol):
@@ -71,6 +75,7 @@ def slots_from_ads(ads: Any) -> dict[str, SlotState]:
     It is drained when every ad is in State "Drained" and no partitionable
     slot still has a child (the startd finished a drain: no job left), and
     draining when any ad or child is Drained or Retiring (a drain under way).
+    It ends at the earliest TideEndTime its ads give (a number; none: no end).
     An ad that is not a ClassAd-like mapping, or names no resource, is skipped."""
     tallies: dict[str, _Tally] = {}
     for ad in ads:
@@ -94,6 +99,9 @@ def slots_from_ads(ads: Any) -> dict[str, SlotState]:
         else:
             t.claimed += 1 if state == "Claimed" and activity != "Idle" else 0
         t.drained = t.drained and state == "Drained"
+        end = get(END_TIME_ATTR)
+        if isinstance(end, int | float) and not isinstance(end, bool):
+            t.ends_at = float(end) if t.ends_at is None else min(t.ends_at, float(end))
         t.draining = t.draining or state == "Drained" or activity == "Retiring"
     return {
         rid: SlotState(
@@ -101,6 +109,7 @@ def slots_from_ads(ads: Any) -> dict[str, SlotState]:
             max(t.claimed, t.rollup_claimed),
             t.drained and t.children == 0,
             t.draining,
+            t.ends_at,
         )
         for rid, t in tallies.items()
     }
@@ -113,6 +122,7 @@ class _Tally:
     children: int = 0  # dynamic slots the partitionable slots say they have
     drained: bool = True
     draining: bool = False
+    ends_at: float | None = None
 
 
 def _strings(value: Any) -> list[str]:

@@ -479,6 +479,8 @@ class SlurmBackfillSite(SiteAdapter):
             vacate_timeout_s=VACATE_TIMEOUT_S,
             max_job_retirement_s=self._config.max_job_retirement_s,
             log_tail_lines=LOG_TAIL_LINES,
+            walltime_s=walltime_s(self._config.walltime),
+            drain_before_end_s=self._config.drain_before_end_s,
             failed_dir=self._failed_dir,
             worker_config=self._native_config(resource_id),
             site_conf=_ending_newline(

@@ -100,6 +100,14 @@ class SlurmBackfillSiteConfig(SiteSettings):
         description="A pilot whose startd had no claim this long exits by itself "
         "(STARTD_NOCLAIM_SHUTDOWN), even with the controller gone. 0: never. 10 minutes.",
     )
+    drain_before_end_s: int = Field(
+        default=900,
+        ge=0,
+        description="A pilot takes no new job this long before its walltime ends, nor one "
+        "whose declared runtime (AllowedJobDuration) would outlast that; it drains then, "
+        "and the controller counts it as capacity no more and boots its replacement while "
+        "demand lasts. Less than the walltime. 15 minutes.",
+    )
     max_job_retirement_s: int = Field(
         default=3600,
         ge=0,
@@ -172,8 +180,24 @@ class SlurmBackfillSiteConfig(SiteSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _drain_before_end_within_walltime(self) -> Self:
+        from tide.sites.slurm.adapter import walltime_s  # noqa: PLC0415
+
+        if self.drain_before_end_s >= walltime_s(self.walltime):
+            raise PydanticCustomError(
+                "drain_before_end_s",
+                "drain_before_end_s ({drain} s) must be less than the walltime ({walltime}): "
+                "a pilot would take no job at all; lower drain_before_end_s or raise walltime",
+                {"drain": self.drain_before_end_s, "walltime": self.walltime},
+            )
+        return self
+
     def owner_grace(self) -> float:
         return self.owner_grace_s
+
+    def end_margin(self) -> float:
+        return float(self.drain_before_end_s)
 
     def secret_files(self) -> list[Path]:
         login = [] if self.login is None else [self.login.key_file]
