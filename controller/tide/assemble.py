@@ -86,7 +86,10 @@ def demand_source(
     prototypes = {}
     for name, site in config.sites.items():
         shape = site_model(name, site).shape
-        prototypes[name] = (shape, prototype(name, shape, site.attributes))
+        prototypes[name] = (
+            shape,
+            prototype(name, shape, site.attributes, max_job_duration_s=site.max_job_duration()),
+        )
     reader = PoolDemandReader(config.pool.collector, config.pool.schedds)
 
     def read() -> tuple[tuple[Demand, ...], bool]:

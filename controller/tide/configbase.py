@@ -239,6 +239,11 @@ class SiteSettings(Model):
         """Seconds an owner job waits before it is evacuated for (backfill kinds)."""
         return 0.0
 
+    def max_job_duration(self) -> int | None:
+        """The longest runtime a job may declare (AllowedJobDuration) and
+        still start on a worker of this site; None: no limit."""
+        return None
+
     def end_margin(self) -> float:
         """Seconds before a resource's advertised end (TideEndTime) from which it
         takes no job and is no capacity (kinds whose resources end: Slurm)."""

@@ -458,8 +458,9 @@ def test_a_pilot_whose_startd_cannot_start_ends_at_once_and_the_controller_says_
     assert failures >= 1
 
 
-def _pilot_slots(site: str) -> list[tuple[str, str, str, int]]:
-    """(resource, State, Activity, TideEndTime) of the site's slots in the pool."""
+def _pilot_slots(site: str) -> list[tuple[str, str, str, int, int]]:
+    """(resource, State, Activity, TideEndTime, TideTakesJobsUntil) of the
+    site's slots in the pool."""
     out = lab.in_container(
         lab.CM_HOST,
         lab.CM_CONTAINER,
@@ -471,46 +472,57 @@ def _pilot_slots(site: str) -> list[tuple[str, str, str, int]]:
         "State",
         "Activity",
         "TideEndTime",
+        "TideTakesJobsUntil",
         check=False,
     ).stdout
     rows = [line.split() for line in out.splitlines()]
-    return [(r[0], r[1], r[2], int(r[3])) for r in rows if len(r) == 4 and r[3].isdigit()]
+    return [
+        (r[0], r[1], r[2], int(r[3]), int(r[4]))
+        for r in rows
+        if len(r) == 5 and r[3].isdigit() and r[4].isdigit()
+    ]
+
+
+def _submitted(d: Daemon) -> int:
+    return len(re.findall(r"submitted as job", d.log.read_text()))
 
 
 def test_a_pilot_near_its_walltime_refuses_what_will_not_fit_drains_and_is_replaced(
     tmp_path: Path,
 ) -> None:
     # A 3-minute walltime, no new job in the last 100 s: a pilot takes jobs
-    # for 80 s, and only jobs declared to fit in what is left of them.
+    # for 80 s, and only jobs declared to end by then.
     settings = {"walltime": "00:03:00", "drain_before_end_s": 100}
     with _daemon(tmp_path, settings) as d:
         fits = _submit(d.site, 10, 1, "allowed_job_duration = 40", "+TideSlurmTest = true")
+        # Declared longer than any pilot of the site takes jobs: demand for no pilot.
         never = _submit(d.site, 1, 1, "allowed_job_duration = 600", "+TideSlurmTest = true")
         _until("the job that fits done", lambda: _done(fits) == 1, timeout=180)
-        # A pilot drains before its end ...
-        drained: list[tuple[str, int]] = []
-
-        def draining() -> bool:
-            now = time.time()
-            drained[:] = [
-                (rid, end)
-                for rid, state, activity, end in _pilot_slots(d.site)
-                if (state == "Drained" or activity == "Retiring") and end - now > 10
-            ]
-            return bool(drained)
-
-        _until("a pilot draining before its end", draining, timeout=150)
-        pilot, end = drained[0]
-        # ... and while the job that does not fit waits, its replacement boots before that end.
-        submitted = len(re.findall(r"submitted as job", d.log.read_text()))
-
-        def replaced() -> bool:
-            return len(re.findall(r"submitted as job", d.log.read_text())) > submitted
-
-        if not replaced():
-            _until("a replacement submitted", replaced, timeout=max(1.0, end - time.time() - 5))
+        ((first, _, _, end, until),) = _pilot_slots(d.site)
+        # A job that would have fitted a younger pilot, declared to outlast
+        # what is left of this one's: it waits for the replacement.
+        while time.time() + 60 <= until + 2:
+            time.sleep(1)
+        late = _submit(d.site, 5, 1, "allowed_job_duration = 60", "+TideSlurmTest = true")
+        # The pilot, idle, refuses it up to the moment it stops taking jobs ...
+        while time.time() < until - 2:
+            time.sleep(1)
+        assert _jobs(late) == [(1, 0)], "the pilot took a job that would outlast its time"
+        # ... then drains, and is given back once drained, before its end ...
+        gone = re.compile(rf'resource={first} reason="ending in (\d+)s: drained, no job left"')
+        _until(
+            "the pilot drained and given back before its end",
+            lambda: gone.search(d.log.read_text()) is not None,
+            timeout=max(1.0, end - time.time()),
+        )
+        match = gone.search(d.log.read_text())
+        assert match
+        assert int(match[1]) > 0
+        # ... and its replacement was booted for the waiting job before that end.
+        _until("a replacement submitted", lambda: _submitted(d) >= 2, timeout=10)
         assert time.time() < end, "the replacement came only after the pilot's end"
-        # No pilot ever took the job declared to outlast what it had left.
+        _until("the late job done on the replacement", lambda: _done(late) == 1, timeout=120)
+        # No pilot was booted for, nor took, the job declared too long for any.
         assert _jobs(never) == [(1, 0)]
+        assert _submitted(d) == 2
         lab.in_container(lab.CM_HOST, lab.CM_CONTAINER, "condor_rm", never, check=False)
-    assert pilot.startswith(f"tide-{d.site}-")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -467,3 +468,38 @@ def test_the_group_by_keys_cover_the_constraint() -> None:
     # attribute it names must be a key, or no group comes back.
     refs = classad2.ClassAd().externalRefs(classad2.ExprTree(IDLE_JOBS))
     assert set(refs) <= set(GROUP_BY)
+
+
+# --- workers that end: a job's declared runtime --------------------------------
+
+
+def test_a_job_declared_longer_than_a_sites_workers_take_jobs_matches_no_worker_there() -> None:
+    # hpc's pilots take a job only if it declares at most 2 h (a walltime less its margin).
+    prototypes = {
+        **THREE_SITES,
+        "hpc": (SHAPE, prototype("hpc", SHAPE, {}, max_job_duration_s=7200)),
+    }
+    short = replace(cluster(id=1), allowed_job_duration_s=7200)
+    long = replace(cluster(id=2), allowed_job_duration_s=7201)
+    undeclared = cluster(id=3)
+    got = {d.key: d.sites for d in demand_from([short, long, undeclared], prototypes)}
+    everywhere = ("desy", "hpc", "kit", "lab")
+    assert got == {
+        "schedd.example.org#1": everywhere,
+        "schedd.example.org#2": ("desy", "kit", "lab"),  # sites with no end take it
+        "schedd.example.org#3": everywhere,
+    }
+    assert not matches(long, prototypes["hpc"][1])
+    assert matches(short, prototypes["hpc"][1])
+
+
+def test_a_group_by_ad_carries_its_declared_runtime() -> None:
+    ad = classad2.ClassAd(
+        "[ JobStatus = 1; JobUniverse = 5; RequestCpus = 1; RequestMemory = 100;"
+        " RequestDisk = 10; Requirements = true; AllowedJobDuration = 600;"
+        " Id = 1; JobCount = 3 ]"
+    )
+    got = autocluster_from_ad("s1", ad)
+    assert got is not None
+    assert got.allowed_job_duration_s == 600
+    assert "AllowedJobDuration" in GROUP_BY

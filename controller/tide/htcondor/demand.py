@@ -12,7 +12,10 @@ Two parts:
   negotiator's old-ClassAd rule, so `SiteName == "DESY"` works as users
   write it). Undefined or error is no match. The request must also fit the
   site's shape. Only the job's side is evaluated: a worker's own START
-  expression is not modelled (Tide's workers start any job).
+  expression is not modelled (Tide's workers start any job), but for the
+  limit of workers that end (a Slurm pilot's walltime): a job whose
+  declared runtime (AllowedJobDuration) is longer than the site's
+  `TideMaxJobDuration` matches no worker of it.
 
 * The I/O edge (`PoolDemandReader`): asks every schedd for its idle jobs,
   grouped by what matching needs, and turns the answers into `AutoCluster`s.
@@ -37,6 +40,7 @@ from tide.model import Demand, Shape
 log = logging.getLogger("tide.htcondor.demand")
 
 AttributeValue = str | int | float | bool
+MAX_JOB_DURATION_ATTR = "TideMaxJobDuration"
 
 
 @dataclass(frozen=True)
@@ -50,13 +54,18 @@ class AutoCluster:
     request_memory_mb: int
     request_disk_kb: int
     requirements: str  # the job's Requirements expression, as the schedd reports it
+    allowed_job_duration_s: int | None = None  # its declared runtime (AllowedJobDuration)
 
 
 # --- pure matching ----------------------------------------------------------
 
 
 def prototype(
-    site_name: str, shape: Shape, attributes: Mapping[str, AttributeValue]
+    site_name: str,
+    shape: Shape,
+    attributes: Mapping[str, AttributeValue],
+    *,
+    max_job_duration_s: int | None = None,
 ) -> classad2.ClassAd:
     """The machine ClassAd an empty worker of this site advertises: its one
     partitionable slot, with the site's shape and attributes.
@@ -67,7 +76,9 @@ def prototype(
     also override the defaults OpSys "LINUX", Arch "X86_64" and
     HasFileTransfer true (an ARM site sets Arch). The slot's resources come
     from the shape and `TideSite` is always `site_name`: an attribute of one
-    of those names is overridden. Disk is in KiB, as HTCondor's Disk is."""
+    of those names is overridden. Disk is in KiB, as HTCondor's Disk is.
+    `max_job_duration_s`: the longest runtime a job may declare and still
+    start on a worker of the site (TideMaxJobDuration; None: no limit)."""
     ad = classad2.ClassAd()
     ad["MyType"] = "Machine"
     ad["OpSys"] = "LINUX"
@@ -85,6 +96,8 @@ def prototype(
     ad["TotalMemory"] = shape.memory_mb
     ad["TotalDisk"] = disk_kb
     ad["TideSite"] = site_name
+    if max_job_duration_s is not None:
+        ad[MAX_JOB_DURATION_ATTR] = max_job_duration_s
     return ad
 
 
@@ -110,6 +123,14 @@ def _parse(text: str) -> _Requirements | None:
     refs = template.externalRefs(expr)
     unscoped = sorted({ref for ref in refs if ref and "." not in ref})
     return _Requirements(expr, tuple(unscoped))
+
+
+def _in_time(cluster: AutoCluster, machine: classad2.ClassAd) -> bool:
+    """Whether the jobs' declared runtime is within the machine's limit (if any)."""
+    limit = machine.get(MAX_JOB_DURATION_ATTR)
+    if cluster.allowed_job_duration_s is None or not isinstance(limit, int):
+        return True
+    return cluster.allowed_job_duration_s <= limit
 
 
 def _fits(cluster: AutoCluster, capacity: tuple[int, int, int]) -> bool:
@@ -168,6 +189,8 @@ def matches(cluster: AutoCluster, machine: classad2.ClassAd) -> bool:
     req = _parse(cluster.requirements)
     if capacity is None or req is None or not _fits(cluster, capacity):
         return False
+    if not _in_time(cluster, machine):
+        return False
     return _satisfies(cluster, _job_ad(cluster, req), req, machine)
 
 
@@ -184,10 +207,16 @@ def demand_from(
         for name, (shape, machine) in sorted(prototypes.items())
     ]
     parsed: dict[str, _Requirements | None] = {}
-    matched: dict[tuple[str, int, int, int], tuple[str, ...]] = {}
+    matched: dict[tuple[str, int, int, int, int | None], tuple[str, ...]] = {}
     demand: list[Demand] = []
     for c in clusters:
-        signature = (c.requirements, c.request_cpus, c.request_memory_mb, c.request_disk_kb)
+        signature = (
+            c.requirements,
+            c.request_cpus,
+            c.request_memory_mb,
+            c.request_disk_kb,
+            c.allowed_job_duration_s,
+        )
         names = matched.get(signature)
         if names is None:
             if c.requirements not in parsed:
@@ -199,7 +228,9 @@ def demand_from(
                 names = tuple(
                     name
                     for name, capacity, machine in sites
-                    if _fits(c, capacity) and _satisfies(c, job, req, machine)
+                    if _fits(c, capacity)
+                    and _in_time(c, machine)
+                    and _satisfies(c, job, req, machine)
                 )
             matched[signature] = names
         demand.append(
@@ -249,6 +280,7 @@ GROUP_BY = (
     "RequestMemory",
     "RequestDisk",
     "Requirements",
+    "AllowedJobDuration",
 )
 
 
@@ -291,6 +323,7 @@ def autocluster_from_ad(schedd: str, ad: classad2.ClassAd) -> AutoCluster | None
     memory = _number(ad, "RequestMemory")
     disk = _number(ad, "RequestDisk")
     requirements = _requirements(ad)
+    duration = _number(ad, "AllowedJobDuration") if "AllowedJobDuration" in ad else None
     if (
         ident is None
         or count is None
@@ -309,6 +342,7 @@ def autocluster_from_ad(schedd: str, ad: classad2.ClassAd) -> AutoCluster | None
         request_memory_mb=memory,
         request_disk_kb=disk,
         requirements=requirements,
+        allowed_job_duration_s=duration,
     )
 
 

@@ -199,6 +199,11 @@ class SlurmBackfillSiteConfig(SiteSettings):
     def end_margin(self) -> float:
         return float(self.drain_before_end_s)
 
+    def max_job_duration(self) -> int | None:
+        from tide.sites.slurm.adapter import walltime_s  # noqa: PLC0415
+
+        return walltime_s(self.walltime) - self.drain_before_end_s
+
     def secret_files(self) -> list[Path]:
         login = [] if self.login is None else [self.login.key_file]
         return [*super().secret_files(), *login]
