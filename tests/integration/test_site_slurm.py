@@ -490,20 +490,20 @@ def _submitted(d: Daemon) -> int:
 def test_a_pilot_near_its_walltime_refuses_what_will_not_fit_drains_and_is_replaced(
     tmp_path: Path,
 ) -> None:
-    # A 3-minute walltime, no new job in the last 100 s: a pilot takes jobs
-    # for 80 s, and only jobs declared to end by then.
-    settings = {"walltime": "00:03:00", "drain_before_end_s": 100}
+    # A 2-minute walltime, no new job in the last 80 s: a pilot takes jobs
+    # for 40 s, and only jobs declared to end by then.
+    settings = {"walltime": "00:02:00", "drain_before_end_s": 80}
     with _daemon(tmp_path, settings) as d:
-        fits = _submit(d.site, 10, 1, "allowed_job_duration = 40", "+TideSlurmTest = true")
+        fits = _submit(d.site, 5, 1, "allowed_job_duration = 20", "+TideSlurmTest = true")
         # Declared longer than any pilot of the site takes jobs: demand for no pilot.
         never = _submit(d.site, 1, 1, "allowed_job_duration = 600", "+TideSlurmTest = true")
         _until("the job that fits done", lambda: _done(fits) == 1, timeout=180)
         ((first, _, _, end, until),) = _pilot_slots(d.site)
         # A job that would have fitted a younger pilot, declared to outlast
         # what is left of this one's: it waits for the replacement.
-        while time.time() + 60 <= until + 2:
+        while time.time() + 30 <= until + 2:
             time.sleep(1)
-        late = _submit(d.site, 5, 1, "allowed_job_duration = 60", "+TideSlurmTest = true")
+        late = _submit(d.site, 3, 1, "allowed_job_duration = 30", "+TideSlurmTest = true")
         # The pilot, idle, refuses it up to the moment it stops taking jobs ...
         while time.time() < until - 2:
             time.sleep(1)

@@ -362,14 +362,17 @@ class Checker:
                 f" (deadline {deadline:.0f}s)",
             )
 
-    def progress(self) -> tuple[int, int, int, int]:
-        """What changes while the world settles: completed jobs, resources at
-        the sites, owners' jobs, live records."""
+    def progress(self) -> tuple[int, int, frozenset[str], int, int]:
+        """What changes while the world settles: completed jobs, jobs started,
+        the resources at the sites (which: one replaced by another within a
+        cycle, a pilot at its walltime, is progress too), owners' jobs, live
+        records."""
         w = self.w
         store = w.operator_store()
         return (
             len(w.pool.history),
-            sum(len(s.resources) for s in w.sites.values()),
+            sum(j.runs for j in w.pool.jobs.values()),
+            frozenset(rid for s in w.sites.values() for rid in s.resources),
             sum(len(getattr(s, "owner_jobs", ())) for s in w.sites.values()),
             0 if store is None else len(store.alive()),
         )

@@ -73,6 +73,8 @@ class Startd:
     draining: bool = False
     jobs: list[int] = field(default_factory=list)
     generation: int = 0  # bumped at a restart: stale update events are ignored
+    ends_at: float | None = None  # when its site ends it (TideEndTime)
+    ending: bool = False  # within its site's end margin: takes no job, drains (kept at a restart)
 
 
 class Pool:
@@ -91,7 +93,13 @@ class Pool:
     def slot_states(self) -> dict[str, SlotState]:
         """What the collector says, by TideResourceId (as tide.loop.slots_from_ads)."""
         return {
-            rid: SlotState(True, len(s.jobs), s.draining and not s.jobs, draining=s.draining)
+            rid: SlotState(
+                True,
+                len(s.jobs),
+                (s.draining or s.ending) and not s.jobs,
+                draining=s.draining or s.ending,
+                ends_at=s.ends_at,
+            )
             for rid, s in sorted(self.startds.items())
             if s.advertised
         }
@@ -142,12 +150,24 @@ class Pool:
 
     # --- startds --------------------------------------------------------
 
-    def boot(self, rid: str, site: str, shape: Shape) -> None:
-        """A resource's startd starts and advertises."""
+    def boot(self, rid: str, site: str, shape: Shape, *, ends_at: float | None = None) -> None:
+        """A resource's startd starts and advertises (with the end its site
+        gives it, if any: it drains itself its site's end margin before)."""
         w = self.world
-        self.startds[rid] = s = Startd(rid, site, shape)
+        self.startds[rid] = s = Startd(rid, site, shape, ends_at=ends_at)
         w.on_boot(site)
         w.after(UPDATE_S * w.rng.uniform(0.8, 1.1), self._update(rid, s.generation), None)
+        if ends_at is not None:
+            margin = w.specs[site].limits.end_margin_s
+            w.after(max(0.0, ends_at - margin - w.clock.now), self._ending(s), None)
+
+    def _ending(self, s: Startd) -> Callable[[], None]:
+        def ending() -> None:
+            if self.startds.get(s.rid) is s:
+                s.ending = True
+                self.world.log(f"startd {s.rid} near its end: takes no job, drains")
+
+        return ending
 
     def _update(self, rid: str, generation: int) -> Callable[[], None]:
         def update() -> None:
@@ -224,7 +244,11 @@ class Pool:
 
     def negotiate(self) -> None:
         w = self.world
-        takers = [s for _, s in sorted(self.startds.items()) if s.advertised and not s.draining]
+        takers = [
+            s
+            for _, s in sorted(self.startds.items())
+            if s.advertised and not s.draining and not s.ending
+        ]
         if not takers:
             return
         for job in sorted(self.jobs.values(), key=lambda j: j.id):

@@ -68,6 +68,16 @@ SHAPE = Shape(4, 8192, 20000)
 CALL_S = {"docker": (0.05, 3.0), "openstack": (0.2, 2.0), "slurm": (0.05, 1.0)}
 
 
+def _walltime(seed: int, letter: str) -> tuple[float, float]:
+    """A Slurm site's pilots' walltime (0: none) and end margin: their own
+    draw, so adding them left every other scenario as it was. Longer than
+    the longest job (600 s) and the margin: every job fits a fresh pilot
+    (jobs declare no runtime here), so every job completes in the end."""
+    rng = random.Random(f"tide-sim-walltime-{seed}-{letter}")  # noqa: S311
+    walltime = rng.choice([0.0, 0.0, 700.0, 900.0])
+    return walltime, rng.choice([30.0, 60.0]) if walltime else 0.0
+
+
 def random_scenario(seed: int) -> Scenario:
     """The scenario of `seed` (its own random.Random: independent of the run)."""
     rng = random.Random(f"tide-sim-scenario-{seed}")  # noqa: S311 - replayable by design
@@ -93,9 +103,11 @@ def random_scenario(seed: int) -> Scenario:
                 )
                 if kind == "slurm"
                 else 0.0,
+                end_margin_s=_walltime(seed, letter)[1] if kind == "slurm" else 0.0,
             ),
             nodes=rng.randint(2, 4) if kind == "slurm" else 0,
             call_s=CALL_S[kind],
+            walltime_s=_walltime(seed, letter)[0] if kind == "slurm" else 0.0,
         )
         for letter, kind in sorted(zip(letters, kinds, strict=True))
     )

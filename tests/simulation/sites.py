@@ -18,7 +18,9 @@ virtual clock by the call's duration and injects the schedule's faults
   are free (owners before pilots). A placed pilot's daemons may fail (5 %):
   it ends at once, its node free, and the site lists only a record of it
   (Owned.ended and failed) for FAILED_RECORD_S, as the Slurm adapter
-  reports the reason a failed pilot left.
+  reports the reason a failed pilot left. With a walltime, a pilot's startd
+  advertises its end, drains itself end_margin_s before it, and Slurm ends
+  the pilot then (its running jobs vacated, back to idle).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class SiteSpec:
     limits: SiteLimits
     nodes: int = 0  # slurm: nodes of the cluster
     call_s: tuple[float, float] = (0.05, 1.0)  # a normal call's duration
+    walltime_s: float = 0.0  # slurm: a pilot ends this long after it is placed (0: never)
 
     @property
     def max_call_s(self) -> float:
@@ -64,6 +67,7 @@ class SimResource:
     status: str = "BUILD"
     failed: bool = False
     placed: bool = True
+    placed_at: float = 0.0
     vacating: bool = False
     late: bool = False  # created by a call that had already timed out
 
@@ -297,12 +301,34 @@ class SlurmSim(SimSite):
             while self.pending_pilots and self.free_nodes() > 0:
                 rid = self.pending_pilots.pop(0)
                 r = self.resources[rid]
-                r.placed, r.status = True, "RUNNING"
+                r.placed, r.status, r.placed_at = True, "RUNNING", w.clock()
+                if self.spec.walltime_s > 0:
+                    w.after(self.spec.walltime_s, functools.partial(self._walltime, rid), None)
                 if w.rng.random() < 0.05:  # its daemons fail: it ends at once
                     w.after(w.rng.uniform(1.0, 5.0), functools.partial(self._boot_fails, rid), None)
                 else:
                     w.after(w.rng.uniform(2.0, 8.0), functools.partial(self._startd, rid), None)
         self._blocked()
+
+    def _startd(self, rid: str) -> None:
+        r = self.resources.get(rid)
+        if r is None or r.vacating or r.failed:
+            return
+        r.status = "RUNNING"
+        walltime = self.spec.walltime_s
+        ends_at = r.placed_at + walltime if walltime > 0 else None
+        self.world.pool.boot(rid, self.name, self.spec.shape, ends_at=ends_at)
+
+    def _walltime(self, rid: str) -> None:
+        """Slurm ends the pilot: its running jobs are vacated (SIGTERM first)."""
+        r = self.resources.get(rid)
+        if r is None or r.vacating or not r.placed:
+            return
+        w = self.world
+        del self.resources[rid]
+        w.log(f"{self.name}: pilot {rid} reached its walltime, its node free")
+        w.pool.remove(rid, allowed=True, why="")
+        self.schedule()
 
     def _boot_fails(self, rid: str) -> None:
         r = self.resources.get(rid)
