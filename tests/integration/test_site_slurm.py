@@ -490,20 +490,24 @@ def _submitted(d: Daemon) -> int:
 def test_a_pilot_near_its_walltime_refuses_what_will_not_fit_drains_and_is_replaced(
     tmp_path: Path,
 ) -> None:
-    # A 2-minute walltime, no new job in the last 80 s: a pilot takes jobs
-    # for 40 s, and only jobs declared to end by then.
-    settings = {"walltime": "00:02:00", "drain_before_end_s": 80}
+    # A 4-minute walltime (Slurm counts whole minutes), no new job in the
+    # last 150 s: a pilot takes jobs for 90 s, and only jobs declared to end
+    # by then. (Slurm's walltime warning, --signal=B:TERM@60, may come up
+    # to a minute early: the margin must be over two minutes for the drain
+    # to come first.)
+    settings = {"walltime": "00:04:00", "drain_before_end_s": 150}
     with _daemon(tmp_path, settings) as d:
-        fits = _submit(d.site, 5, 1, "allowed_job_duration = 20", "+TideSlurmTest = true")
+        fits = _submit(d.site, 15, 1, "allowed_job_duration = 30", "+TideSlurmTest = true")
         # Declared longer than any pilot of the site takes jobs: demand for no pilot.
         never = _submit(d.site, 1, 1, "allowed_job_duration = 600", "+TideSlurmTest = true")
         _until("the job that fits done", lambda: _done(fits) == 1, timeout=180)
         ((first, _, _, end, until),) = _pilot_slots(d.site)
-        # A job that would have fitted a younger pilot, declared to outlast
-        # what is left of this one's: it waits for the replacement.
-        while time.time() + 30 <= until + 2:
-            time.sleep(1)
-        late = _submit(d.site, 3, 1, "allowed_job_duration = 30", "+TideSlurmTest = true")
+        # A job that would fit a younger pilot (with 30 s to spare), declared
+        # to outlast what is left of this one's, submitted once the pilot is
+        # idle (it counts as capacity for it): it waits for the replacement.
+        while time.time() + 60 <= until + 3:
+            time.sleep(0.5)
+        late = _submit(d.site, 3, 1, "allowed_job_duration = 60", "+TideSlurmTest = true")
         # The pilot, idle, refuses it up to the moment it stops taking jobs ...
         while time.time() < until - 2:
             time.sleep(1)
@@ -522,7 +526,10 @@ def test_a_pilot_near_its_walltime_refuses_what_will_not_fit_drains_and_is_repla
         _until("a replacement submitted", lambda: _submitted(d) >= 2, timeout=10)
         assert time.time() < end, "the replacement came only after the pilot's end"
         _until("the late job done on the replacement", lambda: _done(late) == 1, timeout=120)
-        # No pilot was booted for, nor took, the job declared too long for any.
+        # The job declared too long for any pilot: none took it, and it is
+        # demand for no site (no pilot is booted for it).
         assert _jobs(never) == [(1, 0)]
-        assert _submitted(d) == 2
+        demand = d.tide("status").split("DEMAND", 1)[1]
+        assert "(unmatched)" in demand
+        assert d.site not in demand
         lab.in_container(lab.CM_HOST, lab.CM_CONTAINER, "condor_rm", never, check=False)

@@ -106,7 +106,8 @@ class SlurmBackfillSiteConfig(SiteSettings):
         description="A pilot takes no new job this long before its walltime ends, nor one "
         "whose declared runtime (AllowedJobDuration) would outlast that; it drains then, "
         "and the controller counts it as capacity no more and boots its replacement while "
-        "demand lasts. Less than the walltime. 15 minutes.",
+        "demand lasts. Less than the walltime, and over 2 minutes: Slurm's walltime warning "
+        "(SIGTERM 60 s before the end, which vacates) may come a minute early. 15 minutes.",
     )
     max_job_retirement_s: int = Field(
         default=3600,
