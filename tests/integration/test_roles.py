@@ -203,7 +203,7 @@ def test_site_condor_config_reconfigures_the_worker_without_a_restart() -> None:
         '{"condor_worker_condor_config": {"TIDE_TEST_KNOB": 42, "STARTD.TIDE_TEST_FLAG": true}}'
     )
     try:
-        result = lab.playbook("worker", "-e", setting)
+        result = lab.playbook("worker", "-e", setting, "--limit", lab.WORKER_HOST)
         assert result.returncode == 0, result.output[-4000:]
         assert "RUNNING HANDLER [tide.pool.condor_worker : Reconfigure the worker]" in result.output
         assert knob() == "42"
@@ -227,7 +227,7 @@ def test_site_condor_config_reconfigures_the_worker_without_a_restart() -> None:
 
         lab.wait_for("the running startd to read the new setting", startd_has_it, timeout=30)
     finally:
-        result = lab.playbook("worker")
+        result = lab.playbook("worker", "--limit", lab.WORKER_HOST)
         assert result.returncode == 0, result.output[-4000:]
     assert knob() != "42"
 
