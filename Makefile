@@ -82,26 +82,31 @@ demo-down: venv
 	@echo "[lab] removed lab hosts, their volumes and $(STATE) (images stay in Docker: make clean removes them)"
 
 lint: venv collection
+	@echo "[lint] started at $$(date -u +%T)"
 	ruff check controller tests benchmarks images/autoheal
 	ruff format --check controller tests benchmarks images/autoheal
 	mypy
 	ansible-lint --profile production
 
 unit: venv
+	@echo "[unit] started at $$(date -u +%T)"
 	pytest -q tests/unit
 
 # The real controller (observe, decide, act, store) against simulated sites,
 # pool and owners on a virtual clock, with crashes, hung calls and races;
 # a failing seed is printed with the command that replays it.
 simulation: venv
+	@echo "[simulation] started at $$(date -u +%T)"
 	pytest -q -s tests/simulation
 
 # Molecule drives the lab: each scenario (molecule/*) starts fresh lab hosts,
 # converges them, checks that a second run changes nothing, verifies
 # behaviour with tests/integration and tests/autoheal, and removes them.
 integration: venv wheelhouse images collection
+	@echo "[integration] started at $$(date -u +%T)"
 	@rm -f $(STATE)/verify.xml
 	@molecule test --all || { python tests/bin/test-failures $(STATE)/verify.xml; exit 1; }
+	@echo "[integration] done at $$(date -u +%T)"
 
 # Inner loop, no Molecule: the same tests on the running lab (reused, and
 # converged again first).

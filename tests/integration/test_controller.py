@@ -233,7 +233,11 @@ def test_a_collector_restart_never_kills_a_busy_worker(tmp_path: Path) -> None:
         lab.in_container(lab.CM_HOST, lab.CM_CONTAINER, "condor_on", "-daemon", "collector")
         lab.wait_for("the job to complete", lambda: bool(_completed(cluster)), 300)
         assert _job(cluster, "ExitCode", "NumJobStarts") == ["0", "1"]  # never killed
-        lab.wait_for("the worker to be removed", lambda: not _owned(d.owner), 180)
+        # The schedd's RELEASE_CLAIM found no way to the startd (CCB knew it
+        # no more): the startd learns at its next keepalive that the claim is
+        # gone (SCHEDD.ALLOW_READ has execute-side@matchsession). Denied, it
+        # held the slot Claimed for over two minutes after the job.
+        lab.wait_for("the worker to be removed", lambda: not _owned(d.owner), 120)
     lines = d.log.read_text().splitlines()
     stopping = [line for line in lines if "msg=stopping" in line and worker in line]
     # Given back only after its job, as a drained worker, never while blind.

@@ -88,7 +88,13 @@ def _write_secret(path: Path, text: str) -> Path:
 
 
 def _config(
-    tmp: Path, cloud: FakeOpenStack, owner: str, limits: str, *, keyed: bool = False
+    tmp: Path,
+    cloud: FakeOpenStack,
+    owner: str,
+    limits: str,
+    *,
+    keyed: bool = False,
+    api_timeout_s: float = 30.0,
 ) -> Path:
     """The daemon's configuration: the site hands out the shared worker
     token, or (`keyed`) mints each server tokens with the workers' key."""
@@ -116,6 +122,7 @@ def _config(
                 shape: {{cpus: 2, memory_mb: 1024, disk_mb: 2048}}
                 attributes: {{SiteName: FAKE-CLOUD}}
                 limits: {limits}
+                api_timeout_s: {api_timeout_s}
             """,
     )
 
@@ -358,7 +365,8 @@ def test_an_operator_drain_lets_a_busy_servers_job_finish(
     assert not cloud.unhandled(), [(r.method, r.path) for r in cloud.unhandled()]
 
 
-HUNG_DELETE_S = 90.0  # longer than the SDK's API_TIMEOUT_S (30 s): the daemon gives up first
+API_TIMEOUT_S = 10.0  # the site's api_timeout_s in the late-delete test
+HUNG_DELETE_S = 45.0  # longer than that: the daemon gives up first; the server boots meanwhile
 
 
 def test_a_server_given_up_while_it_boots_takes_no_job_however_late_its_delete(
@@ -371,7 +379,7 @@ def test_a_server_given_up_while_it_boots_takes_no_job_however_late_its_delete(
     and lands late, the server that came up meanwhile has run no job."""
     owner = f"test-{uuid.uuid4().hex[:8]}"
     limits = "{max_resources: 1, max_booting: 1, idle_timeout_s: 600, boot_timeout_s: 300}"
-    config = _config(tmp_path, cloud, owner, limits)
+    config = _config(tmp_path, cloud, owner, limits, api_timeout_s=API_TIMEOUT_S)
     cloud.nova.hang_delete_s = HUNG_DELETE_S
     daemon, log = _start(tmp_path, cloud, config)
     first = second = ""

@@ -27,6 +27,7 @@ from keystoneauth1 import exceptions as ksa_exceptions
 from openstack import exceptions as os_exceptions
 from openstack.compute.v2.server import Server
 from openstack.connection import Connection
+from pydantic import ValidationError
 
 from tests.doubles.fake_nova import InertHypervisor
 from tests.doubles.fake_openstack import FakeOpenStack
@@ -765,7 +766,7 @@ def _clouds_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, document: obje
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
 
 
-def _built_site(tmp_path: Path) -> SiteAdapter:
+def _built_site(tmp_path: Path, **changes: Any) -> SiteAdapter:
     """The site as the daemon builds it. (tide.assemble is imported here: it
     imports the controller's loop, which the adapters' tests need not.)"""
     from tide.assemble import build_adapter  # noqa: PLC0415
@@ -773,7 +774,8 @@ def _built_site(tmp_path: Path) -> SiteAdapter:
     token = tmp_path / "worker.token"
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
-    return build_adapter("cloud", _config(worker_token_file=str(token)), owner=OWNER, pool=POOL)
+    config = _config(worker_token_file=str(token), **changes)
+    return build_adapter("cloud", config, owner=OWNER, pool=POOL)
 
 
 def test_a_cloud_that_never_answers_is_a_deadline_exceeded(
@@ -794,8 +796,7 @@ def test_a_cloud_that_never_answers_is_a_deadline_exceeded(
             monkeypatch,
             {"clouds": {"mycloud": {"auth": auth, "region_name": "R", "identity_api_version": 3}}},
         )
-        monkeypatch.setattr(openstack_site, "API_TIMEOUT_S", 0.5)
-        site = _built_site(tmp_path)  # contacts nothing
+        site = _built_site(tmp_path, api_timeout_s=0.5)  # contacts nothing
         error = within(DEADLINE_S, site.list_owned)
     finally:
         silent.close()
@@ -837,8 +838,7 @@ def test_a_hung_nova_call_is_a_deadline_exceeded(
 ) -> None:
     with HungNova(NoHypervisor(), port=_free_port()) as cloud:
         _clouds_yaml(tmp_path, monkeypatch, cloud.clouds_yaml("mycloud"))
-        monkeypatch.setattr(openstack_site, "API_TIMEOUT_S", 1.0)
-        site = _built_site(tmp_path)
+        site = _built_site(tmp_path, api_timeout_s=1.0)
         error = within(DEADLINE_S, site.list_owned)
         assert cloud.recorded("POST /v3/auth/tokens")  # authenticated, then Nova hung
     assert isinstance(error, DeadlineExceeded), error
@@ -856,6 +856,15 @@ def test_the_daemon_connects_with_an_api_timeout(
         session = site._conn.session
         assert session.timeout == openstack_site.API_TIMEOUT_S == 30.0
         assert site.list_owned() == []  # and it works
+        tuned = _built_site(tmp_path, api_timeout_s=7.5)  # a site's api_timeout_s
+        assert isinstance(tuned, OpenStackSite)
+        assert tuned._conn.session.timeout == 7.5
+
+
+@pytest.mark.parametrize("value", [0, -1, 601, "soon"])
+def test_an_api_timeout_out_of_range_names_the_key(value: object) -> None:
+    with pytest.raises(ValidationError, match="api_timeout_s"):
+        _config(api_timeout_s=value)
 
 
 def test_a_drain_reaches_the_server_through_its_metadata(

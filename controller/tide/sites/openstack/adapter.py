@@ -109,9 +109,9 @@ USER_DATA_MAX = 65535
 BUILTIN_TEMPLATE = "openstack-user-data.yaml.j2"
 
 API_TIMEOUT_S = 30.0
-"""Seconds one request to the cloud may take (openstack.connect's
-api_timeout): a Nova listing or a boot request takes a second or two on a
-healthy cloud."""
+"""Seconds one request to the cloud may take by default (openstack.connect's
+api_timeout; a site's api_timeout_s): a Nova listing or a boot request takes
+a second or two on a healthy cloud."""
 
 METADATA_URL = "http://169.254.169.254/openstack/latest/meta_data.json"
 """Where a server reads its metadata (the worker's TIDE_DRAIN_URL): the

@@ -32,6 +32,13 @@ class OpenStackSiteConfig(SiteSettings):
     metadata: dict[str, str] = Field(
         default_factory=dict, description="Extra server metadata; Tide adds its ownership tag."
     )
+    api_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Seconds one request to the cloud may take before it counts as failed "
+        "(retried next cycle); a healthy cloud answers in a second or two.",
+    )
 
     def build(self, name: str, *, owner: str, pool: PoolEndpoint) -> SiteAdapter:
         import openstack  # noqa: PLC0415  (openstacksdk is loaded only for a cloud site)
@@ -41,7 +48,7 @@ class OpenStackSiteConfig(SiteSettings):
 
         try:
             # No call yet: openstacksdk authenticates at the first one.
-            conn = openstack.connect(cloud=self.cloud, api_timeout=adapter.API_TIMEOUT_S)
+            conn = openstack.connect(cloud=self.cloud, api_timeout=self.api_timeout_s)
         except openstack.exceptions.SDKException as exc:  # e.g. no such entry in clouds.yaml
             raise SiteError(f"site {name}: sites.{name}.cloud: {exc}", retryable=False) from None
         key = self.signing_key(name)
