@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tide import __version__
+from tide.budget import BudgetState, account, hours, runs_out
 from tide.config import (
     Config,
     ConfigError,
@@ -133,8 +134,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
+    now = time.time()
+    budgets: list[str] = []
     with Store.open(config.loop.state_file, exclusive=False) as store:
         resources = store.alive()
+        for name, site in sorted(config.sites.items()):
+            rule = site.budget_rule()
+            if rule is not None:
+                alive = {r.id: rule.pilot_cpus for r in resources if r.site == name}
+                state = account(rule, store.runs(name, rule.since), alive, now)
+                budgets.append(budget_line(name, state, now))
     counts: dict[tuple[str, str], int] = {}
     for r in resources:
         counts[(r.site, r.state.value)] = counts.get((r.site, r.state.value), 0) + 1
@@ -144,6 +153,9 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         for site in sorted(set(config.sites) | {r.site for r in resources})
     ]
     print(_table(["SITE", *(s.value.upper() for s in states)], rows))
+    if budgets:
+        print()
+        print("\n".join(budgets))
     if resources:
         print()
         print(
@@ -156,6 +168,22 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         print()
         print(_pool_demand(config))
     return 0
+
+
+def budget_line(name: str, state: BudgetState, now: float) -> str:
+    """One site's budget, as `tide status` shows it."""
+    rule = state.rule
+    since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(rule.since))
+    pilots = state.pilots_affordable
+    room = f"room for {pilots} more pilot{'' if pilots == 1 else 's'}"
+    if pilots == 0:
+        room = f"no more pilots: {state.why_no_pilot().removeprefix('budget: ')}"
+    return (
+        f"budget {name}: {hours(state.used_core_s)} of {hours(rule.total_core_s)} core-hours "
+        f"used since {since} ({state.fraction_used:.1%}), {hours(state.left_core_s)} left; "
+        f"{state.cores_in_use} cores in use, runs out {runs_out(state.runs_out_at(now), now)}; "
+        f"{room}"
+    )
 
 
 def _pool_demand(config: Config) -> str:

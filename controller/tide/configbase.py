@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, model_validator
 from pydantic_core import PydanticCustomError
 
+from tide.budget import BudgetRule
 from tide.htcondor import tokens
 from tide.model import Shape, Site, SiteLimits
 from tide.sites.base import Capability, PoolEndpoint, SiteError
@@ -249,6 +250,11 @@ class SiteSettings(Model):
         takes no job and is no capacity (kinds whose resources end: Slurm)."""
         return 0.0
 
+    def budget_rule(self) -> BudgetRule | None:
+        """The site's allocation of core hours, with what one resource costs
+        (kinds whose resources have a walltime: Slurm); None: no budget."""
+        return None
+
     def secret_files(self) -> list[Path]:
         """Every secret file this site's configuration names (each must be 0600)."""
         return [f for f in (self.worker_token_file, self.worker_signing_key_file) if f is not None]
@@ -292,4 +298,5 @@ def site_model(name: str, site: SiteSettings) -> Site:
             backoff_base_s=lim.backoff_base_s,
             backoff_max_s=lim.backoff_max_s,
         ),
+        budget=site.budget_rule(),
     )

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tide.actuator import Actuator
+from tide.budget import BudgetState, account, crossed, hours, runs_out
 from tide.htcondor.slots import Slots, SlotState, slots_from_ads
 from tide.htcondor.startds import Startds
 from tide.logs import event
@@ -61,7 +62,14 @@ _T = TypeVar("_T")
 
 DemandSource = Callable[[], tuple[tuple[Demand, ...], bool]]
 
-__all__ = ["Controller", "DemandSource", "SlotState", "Slots", "run_forever", "slots_from_ads"]
+__all__ = [
+    "Controller",
+    "DemandSource",
+    "SlotState",
+    "Slots",
+    "run_forever",
+    "slots_from_ads",
+]
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,9 @@ class Controller:
             new_id=new_id,
         )
         self._unreconciled: set[str] = set(self._sites)
+        self._started: set[str] | None = None  # resources whose start is recorded (lazy)
+        self._unplaced_at: dict[str, float] = {}  # when each was last seen without its machine
+        self._budget_warned: dict[str, float] = {}  # the highest warn_at fraction logged
         self._cycles = 0
         self._backfill = frozenset(
             name
@@ -184,7 +195,8 @@ class Controller:
         )
         unrecorded: set[str] = set()
         if write:
-            unrecorded = self._record(found, now)
+            unrecorded = self._record(found, now, records)
+            self._record_starts(found.resources, now)
         # A site whose evidence could not be recorded is decided on next cycle:
         # this cycle's snapshot would disagree with the store.
         # ... and so is one not listed once since the start (a lost state file:
@@ -224,7 +236,90 @@ class Controller:
             slots_known=pool_view.slots is not None and not pool_view.young,
             collector_young=pool_view.young,
             busy=site_busy,
+            budgets=self._budgets(found.resources, now),
         )
+
+    def _record_starts(self, resources: Sequence[Resource], now: float) -> None:
+        """Record when each resource got its machine (its site's own count,
+        else when it is first seen with it: its slot advertised, or its site
+        lists it placed): a budget is charged from then until it is gone
+        (tide.budget)."""
+        for r in resources:
+            if r.listed is True and not r.placed:
+                self._unplaced_at[r.id] = now
+        try:
+            if self._started is None:
+                self._started = self._store.started_ids()
+            new = {
+                r.id: (r.site, self._sites[r.site][0].shape.cpus, min(now, r.started_at or now))
+                for r in resources
+                if r.id not in self._started
+                and r.site in self._sites
+                and r.state is not State.GONE
+                and (r.advertised or (r.listed is True and r.placed))
+            }
+            self._store.started(new)
+        except Exception as exc:  # seen again next cycle: charged from then
+            event(log, "usage not recorded", level=logging.WARNING, error=str(exc))
+            return
+        alive = {r.id for r in resources}
+        self._started = (self._started | set(new)) & alive
+        self._unplaced_at = {rid: at for rid, at in self._unplaced_at.items() if rid in alive}
+
+    def _charge_unseen(self, rid: str, site: str, created_at: float, now: float) -> None:
+        """A resource gone that was never seen holding its machine may have
+        held it between two listings (a Slurm pilot whose boot failed within
+        seconds): charged from when it was last seen without one (its
+        creation, after a restart) until now - more than it used, never less."""
+        if site not in self._sites or (self._started is not None and rid in self._started):
+            return
+        cpus = self._sites[site][0].shape.cpus
+        since = self._unplaced_at.pop(rid, created_at)
+        try:
+            self._store.charged(rid, site, cpus, since, now)
+        except Exception as exc:
+            event(log, "usage not recorded", level=logging.WARNING, resource=rid, error=str(exc))
+
+    def _budgets(self, resources: Sequence[Resource], now: float) -> dict[str, BudgetState]:
+        """Each budgeted site's allocation now. One that cannot be accounted
+        (the store did not answer) is left out: the site then boots nothing."""
+        budgets: dict[str, BudgetState] = {}
+        for name, (site, _adapter) in self._sites.items():
+            rule = site.budget
+            if rule is None:
+                continue
+            alive = {
+                r.id: rule.pilot_cpus
+                for r in resources
+                if r.site == name and r.state is not State.GONE
+            }
+            try:
+                runs = self._store.runs(name, rule.since)
+            except Exception as exc:
+                event(log, "budget unknown", level=logging.WARNING, site=name, error=str(exc))
+                continue
+            budgets[name] = account(rule, runs, alive, now)
+        return budgets
+
+    def _warn_budgets(self, budgets: Mapping[str, BudgetState], now: float) -> None:
+        """Log a warning when a site's budget reaches one of its warn_at fractions."""
+        for name, state in sorted(budgets.items()):
+            reached = crossed(state, self._budget_warned.get(name, 0.0))
+            if reached is None:
+                continue
+            self._budget_warned[name] = reached
+            ends = state.runs_out_at(now)
+            event(
+                log,
+                "budget",
+                level=logging.WARNING,
+                site=name,
+                used=f"{state.fraction_used:.0%} (warns at {reached:.0%})",
+                left_core_hours=hours(state.left_core_s),
+                total_core_hours=hours(state.rule.total_core_s),
+                cores_in_use=state.cores_in_use,
+                runs_out=runs_out(ends, now),
+            )
 
     def _due(self, records: Sequence[Resource]) -> set[str]:
         """Sites to list this cycle: backfill sites (owners take nodes back by
@@ -298,11 +393,12 @@ class Controller:
             self._failed(lane, operation, exc)
             return None
 
-    def _record(self, found: Evidence, now: float) -> set[str]:
+    def _record(self, found: Evidence, now: float, records: Sequence[Resource]) -> set[str]:
         """Write what the evidence says, before anything is decided on it.
         Returns the sites where a write failed."""
         failed: set[str] = set()
         site_of = {r.id: r.site for r in found.resources}
+        created = {r.id: r.created_at for r in records}
         for move in found.moves:
             try:
                 self._store.move(move.resource, move.to, now, move.reason)
@@ -317,6 +413,8 @@ class Controller:
                 )
                 continue
             event(log, move.to.value, site=move.site, resource=move.resource, reason=move.reason)
+            if move.to is State.GONE:
+                self._charge_unseen(move.resource, move.site, created.get(move.resource, now), now)
             if move.to is State.RUNNING:
                 try:
                     self._store.boot_succeeded(move.site)  # a boot succeeded: its backoff ends
@@ -395,7 +493,9 @@ class Controller:
                 self._store.evacuate_done(name, record.evacuate)
         if self._cycles % _PRUNE_EVERY == 0:
             self._store.prune(snapshot.now - RETENTION_S)
+        self._warn_budgets(snapshot.budgets, snapshot.now)
         if self._metrics is not None:
+            self._metrics.observe_budgets(snapshot.budgets, snapshot.now)
             self._metrics.observe_demand(snapshot.demand)
             self._metrics.count_plan(plan, site_of)
             self._metrics.observe_resources(self._store.alive())

@@ -12,13 +12,20 @@ process, each see only their own numbers.
     tide_loop_duration_seconds             histogram: one control loop, start to end
     tide_last_loop_timestamp_seconds       gauge: Unix time the last loop completed
     tide_build_info{version}               gauge: always 1
+    tide_budget_core_hours{site,kind}      gauge: a site's allocation of core hours:
+                                           kind = total, used, left, reserved (the rest of
+                                           the walltime of the pilots alive), free
+    tide_budget_cores_in_use{site}         gauge: cores its pilots hold now (the rate)
+    tide_budget_exhausted_timestamp_seconds{site}  gauge: Unix time it runs out at the
+                                           current rate (+Inf while nothing runs)
 
-The loop calls `observe_resources`, `observe_demand`, `count_plan`,
-`count_failure` and `time_loop`; the daemon calls `serve` once.
+The loop calls `observe_resources`, `observe_demand`, `observe_budgets`,
+`count_plan`, `count_failure` and `time_loop`; the daemon calls `serve` once.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,6 +34,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from tide import __version__
+from tide.budget import HOUR_S, BudgetState
 from tide.model import (
     Create,
     Demand,
@@ -120,6 +128,25 @@ class Metrics:
             registry=self.registry,
         )
         self.build_info.labels(version=version).set(1)
+        self.budget_core_hours = Gauge(
+            "tide_budget_core_hours",
+            "A site's allocation of core hours: total, used, left, reserved (the rest of the "
+            "walltime of its pilots alive) and free (what new pilots may use).",
+            ["site", "kind"],
+            registry=self.registry,
+        )
+        self.budget_cores_in_use = Gauge(
+            "tide_budget_cores_in_use",
+            "Cores a site's pilots hold now: the rate its allocation is spent at.",
+            ["site"],
+            registry=self.registry,
+        )
+        self.budget_exhausted = Gauge(
+            "tide_budget_exhausted_timestamp_seconds",
+            "Unix time a site's allocation runs out at the current rate (+Inf: nothing runs).",
+            ["site"],
+            registry=self.registry,
+        )
         for site in sites:
             self._know(site)
 
@@ -166,6 +193,22 @@ class Metrics:
         for site in self._sites:
             self.demand_idle_jobs.labels(site=site).set(per_site.get(site, 0))
         self.demand_unmatched_idle_jobs.set(unmatched)
+
+    def observe_budgets(self, budgets: Mapping[str, BudgetState], now: float) -> None:
+        """Set the budget gauges of each site with an allocation."""
+        for site, state in budgets.items():
+            kinds = {
+                "total": state.rule.total_core_s,
+                "used": state.used_core_s,
+                "left": state.left_core_s,
+                "reserved": state.reserved_core_s,
+                "free": state.free_core_s,
+            }
+            for kind, core_s in kinds.items():
+                self.budget_core_hours.labels(site=site, kind=kind).set(core_s / HOUR_S)
+            self.budget_cores_in_use.labels(site=site).set(state.cores_in_use)
+            ends = state.runs_out_at(now)
+            self.budget_exhausted.labels(site=site).set(math.inf if ends is None else ends)
 
     def count_plan(self, plan: Plan, site_of: Mapping[str, str]) -> None:
         """Add the plan's actions to tide_decisions_total. `site_of` maps a

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from tide.budget import BudgetRule, BudgetState
+
 
 class State(StrEnum):
     """A resource's lifecycle. It moves forward only:
@@ -91,6 +93,7 @@ class Site:
     shape: Shape
     limits: SiteLimits
     retiring: bool = False  # removed from the configuration: no boot, everything given back
+    budget: BudgetRule | None = None  # an allocation of core hours (tide.budget); None: none
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ class Resource:
     listed: bool | None = None  # its site lists it this cycle (None: not asked, or no answer)
     ends_at: float | None = None  # when its site will end it, as its startd advertises
     # (TideEndTime: a Slurm pilot's walltime); None: no end known
+    started_at: float | None = None  # when it got its machine, as its site says (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,8 @@ class Snapshot:
     collector_young: bool = False  # it (re)started within its warm-up: ads may be missing
     busy: frozenset[str] = frozenset()  # sites left alone: still busy with an earlier call,
     # not listed once since the start, or their evidence not recorded
+    budgets: Mapping[str, BudgetState] = field(default_factory=dict)  # sites with a budget
+    # (tide.budget): what it can still pay for; a site with a rule but none here boots nothing
 
     @property
     def safe_to_scale_down(self) -> bool:

@@ -169,6 +169,7 @@ def _seen(
         ends_at=slot.ends_at,
         boot_failed=owned is not None and owned.failed,
         placed=owned is None or owned.placed,
+        started_at=None if owned is None else owned.started_at,
         listed=(owned is not None) if listing else None,
         **(clocks or {}),  # type: ignore[arg-type]
     )

@@ -49,8 +49,9 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from tide.budget import BudgetState
 from tide.model import (
     Action,
     Create,
@@ -98,19 +99,42 @@ def decide(snapshot: Snapshot) -> Plan:
         and not _owners_first(site, snapshot.owners.get(name), now)
         for name, site in snapshot.sites.items()
     }
+    affordable = {
+        name: _affordable(site, snapshot.budgets.get(name)) for name, site in snapshot.sites.items()
+    }
     packers = {
-        name: _Packer(site.shape, _room(site, pools[name], may_create[name]))
+        name: _Packer(site.shape, *_room(site, pools[name], may_create[name], affordable[name]))
         for name, site in snapshot.sites.items()
     }
     unmatched = _assign(snapshot.demand, packers)
     actions: list[Action] = []
+    unpaid: list[HeldBack] = []
     for name in sorted(snapshot.sites):
         actions += evacuations.get(name, [])
         actions += _site_actions(
             snapshot.sites[name], pools[name], packers[name], may_create[name], now
         )
+        if packers[name].full and packers[name].budget_bound:
+            unpaid.append(_unpaid(name, packers[name], snapshot.budgets.get(name)))
     actions += _upkeep(resources, snapshot, {_target(a) for a in actions})
-    return _withhold(snapshot, actions, unmatched)
+    plan = _withhold(snapshot, actions, unmatched)
+    return replace(plan, held_back=(*plan.held_back, *unpaid)) if unpaid else plan
+
+
+def _affordable(site: Site, budget: BudgetState | None) -> int | None:
+    """How many more resources the site's budget pays for (None: no budget;
+    a budget not accounted this cycle pays for none)."""
+    if site.budget is None:
+        return None
+    return 0 if budget is None else budget.pilots_affordable
+
+
+def _unpaid(name: str, packer: _Packer, budget: BudgetState | None) -> HeldBack:
+    """The boot demand wants and the site's budget does not pay for, and why."""
+    why = "budget: not accounted this cycle" if budget is None else budget.why_no_pilot()
+    return HeldBack(
+        Create(name, 1, f"demand: {packer.turned_away} idle jobs it has no room for"), why
+    )
 
 
 def _target(action: Action) -> str:
@@ -392,14 +416,20 @@ def _backing_off(site: Site, health: SiteHealth | None, now: float) -> bool:
     return now < health.last_failure_at + wait
 
 
-def _room(site: Site, pool: _Pool, can_create: bool) -> int:
+def _room(site: Site, pool: _Pool, can_create: bool, affordable: int | None) -> tuple[int, bool]:
     """Machines of this site that idle demand may fill: its quota less the
     busy ones. A site in backoff offers only what it already has, so its
-    share of multi-site demand spills over to the next site."""
+    share of multi-site demand spills over to the next site; so does one
+    whose budget pays for fewer boots (`affordable`) than its quota allows.
+    Returns the room and whether the budget is what bounds it."""
     if site.retiring:
-        return 0
+        return 0, False
     room = max(0, site.limits.max_resources - pool.occupied)
-    return room if can_create else min(room, pool.usable)
+    if not can_create:
+        return min(room, pool.usable), False
+    if affordable is not None and pool.usable + affordable < room:
+        return pool.usable + affordable, True
+    return room, False
 
 
 @dataclass
@@ -413,9 +443,11 @@ class _Packer:
 
     shape: Shape
     room: int  # machines it may fill (see _room)
+    budget_bound: bool = False  # the room is what the site's budget pays for, below its quota
     machines: int = 0
     jobs: int = 0
     full: bool = False  # turned jobs away for want of room
+    turned_away: int = 0  # ... this many
     free: tuple[int, int, int] = (0, 0, 0)  # cpus, memory, disk left in the last machine
 
     def per_machine(self, d: Demand) -> int:
@@ -437,6 +469,7 @@ class _Packer:
             placed += taken
         self.jobs += placed
         self.full = self.full or placed < jobs
+        self.turned_away += jobs - placed
         return placed
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from tide.budget import Run
 from tide.model import TRANSITIONS, Resource, State
 
 SCHEMA_VERSION = 2
@@ -94,6 +95,14 @@ CREATE TABLE IF NOT EXISTS schedds (
     name TEXT PRIMARY KEY,
     last_seen REAL NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS usage (
+    resource_id TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    cpus INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL
+) STRICT;
+CREATE INDEX IF NOT EXISTS usage_site ON usage (site, ended_at);
 """
 _V2_COLUMNS = {
     "resources": (
@@ -292,6 +301,10 @@ class Store:
                             resource_id,
                         ),
                     )
+                    # It held its machine all along, as far as anyone can tell.
+                    conn.execute(
+                        "UPDATE usage SET ended_at = NULL WHERE resource_id = ?", (resource_id,)
+                    )
                     self._log(conn, resource_id, old=State.GONE, new=state, at=now, reason=reason)
                     return Resource(resource_id, site, state, state_since=now, created_at=now)
             try:
@@ -338,8 +351,51 @@ class Store:
                 f"UPDATE resources SET state = ?, state_since = ?{extra} WHERE id = ?",  # noqa: S608
                 (to.value, now, resource_id),
             )
+            if to is State.GONE:  # its use of a machine ends (tide.budget)
+                conn.execute(
+                    "UPDATE usage SET ended_at = ? WHERE resource_id = ? AND ended_at IS NULL",
+                    (now, resource_id),
+                )
             self._log(conn, resource_id, old=current.state, new=to, at=now, reason=reason)
         return replace(current, state=to, state_since=now)
+
+    def started(self, runs: Mapping[str, tuple[str, int, float]]) -> None:
+        """Record that these resources (id -> (site, cpus, since when)) hold
+        their machines, each once: the first record stays (tide.budget)."""
+        if not runs:
+            return
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO usage (resource_id, site, cpus, started_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(rid, *run) for rid, run in sorted(runs.items())],
+            )
+
+    def charged(self, resource_id: str, site: str, cpus: int, since: float, until: float) -> None:
+        """Record a use of a machine seen neither start nor end (a pilot that
+        got its node and left it between two listings): from `since`, the last
+        moment it was seen without one, to `until`. A recorded use stays."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO usage (resource_id, site, cpus, started_at, ended_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (resource_id, site, cpus, since, until),
+            )
+
+    def started_ids(self) -> set[str]:
+        """Resources whose use of a machine is recorded and has not ended."""
+        return {
+            row[0] for row in self._read("SELECT resource_id FROM usage WHERE ended_at IS NULL")
+        }
+
+    def runs(self, site: str, since: float) -> list[Run]:
+        """The site's recorded uses of a machine that had not ended by `since`."""
+        rows = self._read(
+            "SELECT resource_id, cpus, started_at, ended_at FROM usage"
+            " WHERE site = ? AND (ended_at IS NULL OR ended_at >= ?)",
+            (site, since),
+        )
+        return [Run(rid, cpus, started, ended) for rid, cpus, started, ended in rows]
 
     def drain(self, resource_id: str, now: float, reason: str, *, held: bool) -> Resource:
         """Record DRAINING (an operator's drain: held, and the request done)."""

@@ -533,3 +533,27 @@ def test_a_pilot_near_its_walltime_refuses_what_will_not_fit_drains_and_is_repla
         assert "(unmatched)" in demand
         assert d.site not in demand
         lab.in_container(lab.CM_HOST, lab.CM_CONTAINER, "condor_rm", never, check=False)
+
+
+def test_a_budget_too_small_for_one_more_pilot_stops_boots_and_says_why(tmp_path: Path) -> None:
+    # A pilot (1 core, whole node) for 10 minutes could cost 1/6 core-hour:
+    # 0.25 core-hours pay for one, never for a second while it lives.
+    settings = {
+        "walltime": "00:10:00",
+        "drain_before_end_s": 150,
+        "budget": {"core_hours": 0.25, "since": "2026-01-01", "warn_at": [0.02]},
+    }
+    with _daemon(tmp_path, settings) as d:
+        cluster = _submit(d.site, 10, 3, "+TideSlurmTest = true")  # demand for three pilots
+        _until("every job done, on the one pilot", lambda: _done(cluster) == 3, timeout=240)
+        assert _submitted(d) == 1, d.log.read_text()[-3000:]
+        log = d.log.read_text()
+        held = re.findall(r'msg="actions held back".*why="(budget: [^"]*)"', log)
+        assert held, log[-3000:]
+        assert "one more pilot could use 0.17 (1 cores x 10 min walltime)" in held[-1]
+        # Its warning once 2 % (18 core-seconds) was used, with when it runs out.
+        assert re.search(r'msg=budget .*used="[0-9]+% \(warns at 2%\)".*runs_out=', log), log
+        status = d.tide("status", "--no-demand")
+        line = next(s for s in status.splitlines() if s.startswith(f"budget {d.site}:"))
+        assert " of 0.25 core-hours used since 2026-01-01 00:00 UTC" in line, status
+        assert "no more pilots: " in line, status

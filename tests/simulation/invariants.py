@@ -31,6 +31,12 @@
 8. Timers survive a restart: no create at a site within its backoff after
    failed creates, nor at a backfill site within owner_quiet_s of its owners
    last waiting, nor at a site an operator paused.
+9. A budget is never overspent: at a Slurm site with an allocation of core
+   hours, what its pilots used (the simulated cluster's truth) plus the whole
+   walltime of every pilot on a node never exceeds it - no pilot starts that
+   could overspend it. (Not checked once the state file is lost: the
+   controller's accounting is in it.) Jobs only a budgeted site can run need
+   not complete: its budget may run out.
 """
 
 from __future__ import annotations
@@ -293,6 +299,7 @@ class Checker:
                 self._check_leaks(name, records)
                 self._check_limits(name, records)
                 self._check_evacuation(name)
+            self._check_budget(name)
         for rid in sorted(w.operator_drained):
             r = records.get(rid)
             if r is not None and r.state is State.RUNNING:
@@ -346,6 +353,21 @@ class Checker:
         if len(held) > limits.max_resources:
             w.violate(quota, f"{name} holds {held} > max_resources {limits.max_resources}")
 
+    def _check_budget(self, name: str) -> None:
+        w = self.w
+        spec = w.specs[name]
+        if spec.budget_core_h <= 0 or w.scenario.lose_state:
+            return
+        committed = getattr(w.sites[name], "committed_core_s", None)
+        if committed is None:
+            return
+        total = spec.budget_core_h * 3600.0
+        if committed() > total + 1e-6:
+            w.violate(
+                "9 a budget is never overspent",
+                f"{name}: pilots used and may still use {committed():.0f} core-s of {total:.0f}",
+            )
+
     def _check_evacuation(self, name: str) -> None:
         w = self.w
         blocked = getattr(w.sites[name], "blocked_since", None)
@@ -391,7 +413,10 @@ class Checker:
         )
 
     def _runnable(self, sites: tuple[str, ...]) -> bool:
-        return any(s in self.w.configured for s in sites)
+        """Whether some site must run these jobs in the end: a configured one
+        without a budget (which may run out)."""
+        w = self.w
+        return any(s in w.configured and w.specs[s].budget_core_h <= 0 for s in sites)
 
     def final(self, settle_s: float) -> None:
         """Invariants 2 and 3 after the settling period."""

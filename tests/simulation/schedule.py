@@ -78,6 +78,13 @@ def _walltime(seed: int, letter: str) -> tuple[float, float]:
     return walltime, rng.choice([30.0, 60.0]) if walltime else 0.0
 
 
+def _budget(seed: int, letter: str) -> float:
+    """A Slurm site's allocation of core hours (0: none), its own draw: a
+    pilot here costs about one core-hour (4 cores, 700 or 900 s)."""
+    rng = random.Random(f"tide-sim-budget-{seed}-{letter}")  # noqa: S311
+    return rng.choice([0.0, 0.0, 0.0, 2.0, 5.0])
+
+
 def random_scenario(seed: int) -> Scenario:
     """The scenario of `seed` (its own random.Random: independent of the run)."""
     rng = random.Random(f"tide-sim-scenario-{seed}")  # noqa: S311 - replayable by design
@@ -108,6 +115,9 @@ def random_scenario(seed: int) -> Scenario:
             nodes=rng.randint(2, 4) if kind == "slurm" else 0,
             call_s=CALL_S[kind],
             walltime_s=_walltime(seed, letter)[0] if kind == "slurm" else 0.0,
+            budget_core_h=_budget(seed, letter)
+            if kind == "slurm" and _walltime(seed, letter)[0]
+            else 0.0,
         )
         for letter, kind in sorted(zip(letters, kinds, strict=True))
     )

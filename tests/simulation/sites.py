@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from tide.model import Shape, SiteLimits
@@ -52,6 +52,7 @@ class SiteSpec:
     nodes: int = 0  # slurm: nodes of the cluster
     call_s: tuple[float, float] = (0.05, 1.0)  # a normal call's duration
     walltime_s: float = 0.0  # slurm: a pilot ends this long after it is placed (0: never)
+    budget_core_h: float = 0.0  # slurm with a walltime: an allocation of core hours (0: none)
 
     @property
     def max_call_s(self) -> float:
@@ -268,8 +269,25 @@ class SlurmSim(SimSite):
         self.last_answer: OwnerQueue | None = None
         self.vacate_s = (1.0, 20.0)  # a SIGTERMed pilot holds its node this long
         self.failed_records: dict[str, float] = {}  # pilots whose boot failed: listed until
+        self.used_core_s = 0.0  # what pilots that have left used of their nodes (the truth
+        # a budget's invariant is checked against)
 
     # nodes
+
+    def _release(self, rid: str) -> None:
+        """The pilot leaves its node (or the queue): what it used is charged."""
+        r = self.resources.pop(rid, None)
+        if r is not None and r.placed:
+            held = self.world.clock() - r.placed_at
+            if self.spec.walltime_s > 0:
+                held = min(held, self.spec.walltime_s)
+            self.used_core_s += self.spec.shape.cpus * held
+
+    def committed_core_s(self) -> float:
+        """What the pilots could use at most: those that left, what they used;
+        those on a node, their whole walltime."""
+        placed = sum(1 for r in self.resources.values() if r.placed)
+        return self.used_core_s + placed * self.spec.shape.cpus * self.spec.walltime_s
 
     def owner_nodes(self) -> int:
         return sum(j.nodes for j in self.owner_jobs if j.started)
@@ -325,7 +343,7 @@ class SlurmSim(SimSite):
         if r is None or r.vacating or not r.placed:
             return
         w = self.world
-        del self.resources[rid]
+        self._release(rid)
         w.log(f"{self.name}: pilot {rid} reached its walltime, its node free")
         w.pool.remove(rid, allowed=True, why="")
         self.schedule()
@@ -335,7 +353,7 @@ class SlurmSim(SimSite):
         if r is None or r.vacating:
             return
         w = self.world
-        del self.resources[rid]
+        self._release(rid)
         self.failed_records[rid] = w.clock() + FAILED_RECORD_S
         w.log(f"{self.name}: pilot {rid} failed to boot, its node free")
         self.schedule()
@@ -347,7 +365,12 @@ class SlurmSim(SimSite):
             Owned(rid, "FAILED", {}, failed=True, placed=False, ended=True)
             for rid in sorted(self.failed_records)
         ]
-        return [*super()._list(), *ended]
+        # Slurm says how long each pilot has been on its node (squeue %M).
+        listed = [
+            replace(o, started_at=self.resources[o.resource_id].placed_at if o.placed else None)
+            for o in super()._list()
+        ]
+        return [*listed, *ended]
 
     def _blocked(self) -> None:
         """Since when the head owner job waits only because pilots hold nodes:
@@ -410,7 +433,7 @@ class SlurmSim(SimSite):
         if r is None or r.vacating:
             return  # gone, or already told: a second SIGTERM changes nothing
         if not r.placed:
-            del self.resources[rid]
+            self._release(rid)
             self.pending_pilots.remove(rid)
             w.log(f"{self.name}: queued pilot {rid} cancelled")
             return
@@ -423,7 +446,7 @@ class SlurmSim(SimSite):
         )
 
         def gone() -> None:
-            self.resources.pop(rid, None)
+            self._release(rid)
             w.log(f"{self.name}: pilot {rid} gone, its node free")
             self.schedule()
 

@@ -22,6 +22,7 @@ from tests.simulation.faults import CALL_DEADLINE_S, DeadlineExceeded, Faults, S
 from tests.simulation.invariants import Checker, Stop, Violation
 from tests.simulation.pool import Autocluster, Pool
 from tests.simulation.sites import KINDS, SimSite, SiteSpec, SlurmSim
+from tide.budget import BudgetRule
 from tide.loop import SlotState
 from tide.model import Site
 from tide.sites.base import OwnerQueue
@@ -164,7 +165,16 @@ class World:
 
     def site_model(self, name: str) -> Site:
         spec = self.specs[name]
-        return Site(name, spec.shape, spec.limits)
+        budget = None
+        if spec.budget_core_h > 0:
+            budget = BudgetRule(
+                core_hours=spec.budget_core_h,
+                since=T0,
+                warn_at=(0.5, 0.9),
+                pilot_cpus=spec.shape.cpus,
+                pilot_walltime_s=spec.walltime_s,
+            )
+        return Site(name, spec.shape, spec.limits, budget=budget)
 
     # --- the checker's hooks (called by the simulated sites) -----------------
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tide.budget import BudgetRule
 from tide.loop import Controller, SlotState, run_forever, slots_from_ads
 from tide.metrics import Metrics
 from tide.model import (
@@ -170,7 +171,12 @@ class World:
     """A controller over fake sites "a" and "b", a real store and a fake clock."""
 
     def __init__(
-        self, store: Store, sites: tuple[str, ...] = ("a",), *, backfill: bool = False
+        self,
+        store: Store,
+        sites: tuple[str, ...] = ("a",),
+        *,
+        backfill: bool = False,
+        budget: BudgetRule | None = None,
     ) -> None:
         self.store = store
         self.clock = Clock()
@@ -186,7 +192,7 @@ class World:
         self.metrics = Metrics(sites)
         self.controller = Controller(
             sites={
-                name: (Site(name, Shape(4, 8192, 10000), LIMITS), site)
+                name: (Site(name, Shape(4, 8192, 10000), LIMITS, budget=budget), site)
                 for name, site in self.sites.items()
             },
             store=store,

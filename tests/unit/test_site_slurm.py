@@ -407,17 +407,18 @@ OURS = "tide-owner=tide-lab tide-site=maxwell"
 @pytest.mark.parametrize(
     ("output", "problem"),
     [
-        ("garbage\n", "JOBID|NAME|STATE|COMMENT"),
-        ("77|tide-maxwell-1|RUNNING\n", "JOBID|NAME|STATE|COMMENT"),
-        (f"x77|tide-maxwell-1|RUNNING|{OURS}\n", "numeric id"),
-        (f"77||RUNNING|{OURS}\n", "numeric id"),
-        (f"²|tide-maxwell-1|RUNNING|{OURS}\n", "numeric id"),
+        ("garbage\n", "JOBID|NAME|STATE|TIME|COMMENT"),
+        ("77|tide-maxwell-1|RUNNING|1:00\n", "JOBID|NAME|STATE|TIME|COMMENT"),
+        (f"x77|tide-maxwell-1|RUNNING|1:00|{OURS}\n", "numeric id"),
+        (f"77||RUNNING|1:00|{OURS}\n", "numeric id"),
+        (f"²|tide-maxwell-1|RUNNING|1:00|{OURS}\n", "numeric id"),
+        (f"77|tide-maxwell-1|RUNNING|1:x|{OURS}\n", "time used"),
     ],
 )
 def test_a_malformed_pilot_listing_is_a_site_error(
     tmp_path: Path, output: str, problem: str
 ) -> None:
-    site = _site(tmp_path, Scripted({"squeue": f"5|someone-elses|PENDING|other\n{output}"}))
+    site = _site(tmp_path, Scripted({"squeue": f"5|someone-elses|PENDING|0:00|other\n{output}"}))
     with pytest.raises(SiteError) as caught:
         site.list_owned()
     message = str(caught.value)
@@ -427,11 +428,16 @@ def test_a_malformed_pilot_listing_is_a_site_error(
 
 
 def test_other_jobs_fields_are_not_checked(tmp_path: Path) -> None:
-    listing = f"5_[1-3]|a|PENDING|\n6|b|RUNNING|whatever\n77|tide-maxwell-1|RUNNING|{OURS}\n"
+    listing = (
+        f"5_[1-3]|a|PENDING|0:00|\n6|b|RUNNING|1:00|whatever\n"
+        f"77|tide-maxwell-1|RUNNING|1:02:03|{OURS}\n"
+    )
     owned = _site(tmp_path, Scripted({"squeue": listing})).list_owned()
     assert [(o.resource_id, o.details, o.placed) for o in owned] == [
         ("tide-maxwell-1", {"job_id": "77"}, True)
     ]
+    # When it got its node, from Slurm's count of its time there (tide.budget).
+    assert owned[0].started_at == pytest.approx(time.time() - 3724, abs=5)
 
 
 @pytest.mark.parametrize("printed", ["", "Submitted batch job 12\n", "12x\n", "²\n"])
@@ -648,7 +654,7 @@ def test_a_pilot_whose_boot_failed_is_reported_ended_and_failed_with_its_reason(
     old = failed / "tide-maxwell-old.reason"
     old.write_text("long ago\n")
     os.utime(old, (time.time() - 30 * 60, time.time() - 30 * 60))
-    a, b = f"71|tide-maxwell-a|RUNNING|{OURS}\n", f"72|tide-maxwell-b|RUNNING|{OURS}\n"
+    a, b = f"71|tide-maxwell-a|RUNNING|0:05|{OURS}\n", f"72|tide-maxwell-b|RUNNING|0:05|{OURS}\n"
     executor = Listing([a + b, b, b, ""], tmp_path)
     site = _site(tmp_path, executor)
 

@@ -114,6 +114,8 @@ class Owned:
     placed: bool = True  # it has its machine; False: still queued (a Slurm pilot pending)
     ended: bool = False  # only a record of it is left: it holds nothing (a Slurm pilot whose
     # boot failed, `failed` too): a boot ended so has failed, anything else is gone
+    started_at: float | None = None  # when it got its machine, as its site counts (a Slurm
+    # pilot's time used); None: unknown (the controller counts from when it first sees it)
 
 
 @dataclass(frozen=True)

@@ -370,25 +370,36 @@ class SlurmBackfillSite(SiteAdapter):
 
     def _queued(self) -> list[Owned]:
         doing = "listing pilots"
-        done = self._run(["squeue", "--me", "--noheader", "--format=%i|%j|%T|%k"], doing)
+        asked = time.time()  # before Slurm counted: a start from it is never too late
+        done = self._run(["squeue", "--me", "--noheader", "--format=%i|%j|%T|%M|%k"], doing)
         owned: list[Owned] = []
         for number, line in _lines(done.stdout):
-            fields = line.split("|", 3)
-            if len(fields) != 4:
-                raise self._malformed(doing, "squeue", number, line, "JOBID|NAME|STATE|COMMENT")
-            job_id, job_name, state, comment = fields
+            fields = line.split("|", 4)
+            if len(fields) != 5:
+                raise self._malformed(
+                    doing, "squeue", number, line, "JOBID|NAME|STATE|TIME|COMMENT"
+                )
+            job_id, job_name, state, used, comment = fields
             if comment.split() != self._tags.split():
                 continue  # not this site's pilot: its fields are none of our business
-            if not (_is_number(job_id) and job_name and state.isalpha()):
+            try:
+                used_s = _time_left_s(used)
+            except ValueError:
+                used_s = -1
+            if not (_is_number(job_id) and job_name and state.isalpha()) or used_s == -1:
                 raise self._malformed(
-                    doing, "squeue", number, line, "a pilot's numeric id, name and state"
+                    doing, "squeue", number, line, "a pilot's numeric id, name, state and time used"
                 )
+            placed = state in PLACED_STATES
             owned.append(
                 Owned(
                     resource_id=job_name,
                     status=state,
                     details={JOB_ID: job_id},
-                    placed=state in PLACED_STATES,
+                    placed=placed,
+                    # Slurm's own count of its time on the node, in whole seconds
+                    # (tide.budget: charged from no later than it started)
+                    started_at=asked - used_s - 1 if placed and used_s is not None else None,
                 )
             )
         return owned

@@ -4,12 +4,14 @@ cluster's backfill partition, given back when the cluster's owners wait.
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from tide.budget import BudgetRule
 from tide.configbase import FilePath, Model, SiteSettings, site_model
 from tide.sites.base import Capability, PoolEndpoint
 
@@ -41,6 +43,50 @@ class SshLoginConfig(Model):
         description="Commands in flight at once over the one connection. 8 stays well under "
         "OpenSSH's default MaxSessions (10).",
     )
+
+
+def _moment(value: object) -> object:
+    """A date or a time, also written as ISO 8601 text (YAML reads an unquoted
+    date as a date already)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        if "T" in value or " " in value.strip():
+            return datetime.datetime.fromisoformat(value)
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        raise PydanticCustomError(
+            "moment",
+            "{value!r} is neither a date (YYYY-MM-DD) nor a time (YYYY-MM-DDTHH:MM:SS, UTC "
+            "unless it names its offset)",
+            {"value": value},
+        ) from None
+
+
+class BudgetConfig(Model):
+    core_hours: float = Field(
+        gt=0,
+        allow_inf_nan=False,
+        description="The allocation, in core-hours (cores x hours, as the centre grants it). "
+        "Required.",
+    )
+    since: Annotated[datetime.date | datetime.datetime, BeforeValidator(_moment)] = Field(
+        description="When it counts from: a date (midnight UTC) or a time. Required: the "
+        "start of the allocation period.",
+    )
+    warn_at: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [0.5, 0.8, 0.9, 1.0],
+        description="Fractions used at which the controller logs a warning (each once).",
+    )
+
+    def since_s(self) -> float:
+        """`since` as seconds since the epoch (a naive time is UTC)."""
+        when = self.since
+        if not isinstance(when, datetime.datetime):
+            when = datetime.datetime.combine(when, datetime.time())
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        return when.timestamp()
 
 
 class SlurmBackfillSiteConfig(SiteSettings):
@@ -126,6 +172,12 @@ class SlurmBackfillSiteConfig(SiteSettings):
         description="Extra HTCondor settings of the pilots' startds (e.g. "
         "NETWORK_INTERFACE). None by default.",
     )
+    budget: BudgetConfig | None = Field(
+        default=None,
+        description="The project's allocation of core hours: the controller accounts what its "
+        "pilots use, never starts one whose walltime (x its cores) could overspend what is "
+        "left, and reports what is left (tide status, tide_budget_* metrics). None: no budget.",
+    )
     command_timeout_s: float = Field(
         default=30.0,
         gt=0,
@@ -199,6 +251,19 @@ class SlurmBackfillSiteConfig(SiteSettings):
 
     def end_margin(self) -> float:
         return float(self.drain_before_end_s)
+
+    def budget_rule(self) -> BudgetRule | None:
+        from tide.sites.slurm.adapter import walltime_s  # noqa: PLC0415
+
+        if self.budget is None:
+            return None
+        return BudgetRule(
+            core_hours=self.budget.core_hours,
+            since=self.budget.since_s(),
+            warn_at=tuple(sorted(self.budget.warn_at)),
+            pilot_cpus=self.shape.cpus,
+            pilot_walltime_s=float(walltime_s(self.walltime)),
+        )
 
     def max_job_duration(self) -> int | None:
         from tide.sites.slurm.adapter import walltime_s  # noqa: PLC0415
