@@ -122,6 +122,7 @@ class Controller:
         self._started: set[str] | None = None  # resources whose start is recorded (lazy)
         self._unplaced_at: dict[str, float] = {}  # when each was last seen without its machine
         self._budget_warned: dict[str, float] = {}  # the highest warn_at fraction logged
+        self._last_held: tuple[int, str] | None = None  # what the last cycle held back, and why
         self._cycles = 0
         self._backfill = frozenset(
             name
@@ -474,14 +475,10 @@ class Controller:
         snapshot = self.observe(self._clock())
         self._cycles += 1
         plan = decide(snapshot)
-        if plan.held_back:
-            event(
-                log,
-                "actions held back",
-                level=logging.WARNING,
-                held=len(plan.held_back),
-                why=plan.held_back[0].why,
-            )
+        held = (len(plan.held_back), plan.held_back[0].why) if plan.held_back else None
+        if held is not None and held != self._last_held:  # said once while it lasts
+            event(log, "actions held back", level=logging.WARNING, held=held[0], why=held[1])
+        self._last_held = held
         site_of = {r.id: r.site for r in snapshot.resources}
         batches = self._actuator.batches(plan, site_of)
         pending = [self._runner.submit(site, batch) for site, batch in sorted(batches.items())]

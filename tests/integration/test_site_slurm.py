@@ -544,7 +544,7 @@ def test_a_budget_too_small_for_one_more_pilot_stops_boots_and_says_why(tmp_path
         "budget": {"core_hours": 0.25, "since": "2026-01-01", "warn_at": [0.02]},
     }
     with _daemon(tmp_path, settings) as d:
-        cluster = _submit(d.site, 10, 3, "+TideSlurmTest = true")  # demand for three pilots
+        cluster = _submit(d.site, 10, 3, "request_disk = 10MB", "+TideSlurmTest = true")
         _until("every job done, on the one pilot", lambda: _done(cluster) == 3, timeout=240)
         assert _submitted(d) == 1, d.log.read_text()[-3000:]
         log = d.log.read_text()
