@@ -19,7 +19,7 @@ only if what is left after those reservations pays for its whole walltime
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 HOUR_S = 3600.0
@@ -103,11 +103,9 @@ class BudgetState:
         )
 
 
-def account(
-    rule: BudgetRule, runs: Iterable[Run], alive: Mapping[str, int], now: float
-) -> BudgetState:
+def account(rule: BudgetRule, runs: Iterable[Run], alive: Iterable[str], now: float) -> BudgetState:
     """The budget now, from the site's runs and the resources still alive
-    (id -> cpus: every resource not gone, started or not)."""
+    (the ids of every resource not gone, started or not)."""
     by_id = {run.resource_id: run for run in runs}
     used = 0.0
     cores = 0
@@ -118,10 +116,10 @@ def account(
         stop = min(stop, run.started_at + rule.pilot_walltime_s)
         used += run.cpus * max(0.0, stop - max(run.started_at, rule.since))
     reserved = 0.0
-    for rid, cpus in alive.items():
+    for rid in alive:
         mine = by_id.get(rid)
         if mine is None or mine.started_at is None:
-            reserved += cpus * rule.pilot_walltime_s
+            reserved += rule.pilot_core_s
             continue
         rest = mine.started_at + rule.pilot_walltime_s - now
         if rest > 0:
@@ -148,9 +146,13 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds < 2 * HOUR_S else f"{seconds / HOUR_S:g} h"
 
 
+def moment(at: float) -> str:
+    """A time, to the minute, in UTC."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+
+
 def runs_out(at: float | None, now: float) -> str:
     """When a budget runs out (BudgetState.runs_out_at), in words."""
     if at is None:
         return "not at this rate: no pilot runs"
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
-    return f"{stamp} (in {(at - now) / HOUR_S:.1f} h)"
+    return f"{moment(at)} (in {(at - now) / HOUR_S:.1f} h)"

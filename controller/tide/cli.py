@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tide import __version__
-from tide.budget import BudgetState, account, hours, runs_out
+from tide.budget import BudgetState, account, hours, moment, runs_out
 from tide.config import (
     Config,
     ConfigError,
@@ -141,7 +141,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         for name, site in sorted(config.sites.items()):
             rule = site.budget_rule()
             if rule is not None:
-                alive = {r.id: rule.pilot_cpus for r in resources if r.site == name}
+                alive = [r.id for r in resources if r.site == name]
                 state = account(rule, store.runs(name, rule.since), alive, now)
                 budgets.append(budget_line(name, state, now))
     counts: dict[tuple[str, str], int] = {}
@@ -173,14 +173,14 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 def budget_line(name: str, state: BudgetState, now: float) -> str:
     """One site's budget, as `tide status` shows it."""
     rule = state.rule
-    since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(rule.since))
     pilots = state.pilots_affordable
     room = f"room for {pilots} more pilot{'' if pilots == 1 else 's'}"
     if pilots == 0:
         room = f"no more pilots: {state.why_no_pilot().removeprefix('budget: ')}"
     return (
         f"budget {name}: {hours(state.used_core_s)} of {hours(rule.total_core_s)} core-hours "
-        f"used since {since} ({state.fraction_used:.1%}), {hours(state.left_core_s)} left; "
+        f"used since {moment(rule.since)} ({state.fraction_used:.1%}), "
+        f"{hours(state.left_core_s)} left; "
         f"{state.cores_in_use} cores in use, runs out {runs_out(state.runs_out_at(now), now)}; "
         f"{room}"
     )

@@ -62,14 +62,7 @@ _T = TypeVar("_T")
 
 DemandSource = Callable[[], tuple[tuple[Demand, ...], bool]]
 
-__all__ = [
-    "Controller",
-    "DemandSource",
-    "SlotState",
-    "Slots",
-    "run_forever",
-    "slots_from_ads",
-]
+__all__ = ["Controller", "DemandSource", "SlotState", "Slots", "run_forever", "slots_from_ads"]
 
 
 @dataclass(frozen=True)
@@ -289,11 +282,7 @@ class Controller:
             rule = site.budget
             if rule is None:
                 continue
-            alive = {
-                r.id: rule.pilot_cpus
-                for r in resources
-                if r.site == name and r.state is not State.GONE
-            }
+            alive = [r.id for r in resources if r.site == name and r.state is not State.GONE]
             try:
                 runs = self._store.runs(name, rule.since)
             except Exception as exc:
